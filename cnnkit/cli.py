@@ -1,0 +1,264 @@
+"""The command line: parse, call one library function, render with rich, own the exit codes.
+
+Library code raises `CnnkitError` subclasses; `_guard` turns them into one line on stderr and the
+error's exit code (2 for bad input). `cnnkit --debug ...` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cnnkit import __version__
+from cnnkit.errors import CnnkitError
+
+app = typer.Typer(
+    name="cnnkit",
+    help="Train, evaluate and understand convolutional networks on CIFAR-10.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+# Piped output (CI logs, files) gets a wide page rather than rich's 80-column default, so that
+# tables stay one line per row; a terminal uses its own width.
+console = Console(width=None if sys.stdout.isatty() else 160)
+_state = {"debug": bool(os.environ.get("CNNKIT_DEBUG"))}
+
+
+def _guard(fn: Callable) -> Callable:
+    """Run a command; a CnnkitError becomes one line and its exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnkitError as exc:
+            if _state["debug"]:
+                raise
+            message = " ".join(str(exc).split())  # one line, whatever the message held
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        print(f"cnnkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (for developers)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+):
+    if debug:
+        _state["debug"] = True
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2))
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/lenet.yaml.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value (repeatable).")
+
+
+# ---------------------------------------------------------------------------------------------- config
+@config_app.command("show")
+@_guard
+def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt):
+    """Print the resolved config (defaults < YAML < --set) as YAML."""
+    from cnnkit.config import load_config
+
+    print(load_config(config, set_ or []).to_yaml(), end="")
+
+
+# ---------------------------------------------------------------------------------------------- models
+@app.command("models")
+@_guard
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the registered models with their parameter counts (CIFAR-10 input sizes)."""
+    from cnnkit.models import MODELS, build_model, count_params
+
+    rows = []
+    for name, entry in MODELS.items():
+        channels = 1 if entry.task == "edge" else 3
+        rows.append({"name": name, "task": entry.task, "params": count_params(build_model(name, in_channels=channels)),
+                     "summary": entry.summary})
+    if as_json:
+        return _print_json(rows)
+    table = Table(title="cnnkit models")
+    for col, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("summary", "left")):
+        table.add_column(col, justify=justify)
+    for row in rows:
+        table.add_row(row["name"], row["task"], f"{row['params']:,}", row["summary"])
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+shapes_app = typer.Typer(
+    help="Show how every conv and pool layer changes a tensor, with the arithmetic.",
+    invoke_without_command=True,
+)
+app.add_typer(shapes_app, name="shapes")
+
+
+def _fmt_shape(shape) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _fmt_pair(pair) -> str:
+    if pair is None:
+        return ""
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _formula_cell(formulas: list[str]) -> str:
+    if not formulas:
+        return ""
+    if formulas[0] == formulas[1]:
+        return f"H,W: {formulas[0]}"
+    return f"H: {formulas[0]}\nW: {formulas[1]}"
+
+
+def _render_shapes(report, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("k s p d", justify="center")
+    table.add_column("input → output")
+    table.add_column("output size: ⌊(in + 2·p − d·(k−1) − 1) / s⌋ + 1", no_wrap=True)
+    table.add_column("RF", justify="right")
+    table.add_column("jump", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("MACs", justify="right")
+    for row in report.layers:
+        ksp = " ".join(_fmt_pair(v) for v in (row.kernel, row.stride, row.padding, row.dilation)) if row.kernel else ""
+        table.add_row(row.name, row.type, ksp, f"{_fmt_shape(row.input)} → {_fmt_shape(row.output)}",
+                      _formula_cell(row.formulas), _fmt_pair(row.receptive_field), _fmt_pair(row.jump),
+                      f"{row.params:,}", f"{row.macs:,}")
+    console.print(table)
+    console.print(
+        f"input {_fmt_shape(report.input)} → output {_fmt_shape(report.output)}   "
+        f"params {report.params:,}   MACs {report.macs:,}   "
+        f"activations {_fmt_bytes(report.activation_bytes)} per image (float32)"
+    )
+
+
+@shapes_app.callback()
+@_guard
+def shapes_model(
+    ctx: typer.Context,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A registered model name (see `cnnkit models`)."),
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Input shape CxHxW, e.g. 3x32x32."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Trace a model layer by layer: `cnnkit shapes --model bn_cnn --input 1x28x28`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cnnkit.build import input_shape, model_from_config
+    from cnnkit.config import load_config
+    from cnnkit.shapes import parse_input_shape, trace_model
+
+    overrides = list(set_ or [])
+    if model is not None:
+        overrides.append(f"model.name={model}")
+    if input_ is not None:
+        c, h, w = parse_input_shape(input_)
+        overrides += [f"model.in_channels={c}", f"model.input_size=[{h}, {w}]"]
+    cfg = load_config(config, overrides)
+    shape = input_shape(cfg)
+    report = trace_model(model_from_config(cfg), shape)
+    if as_json:
+        return _print_json(report.to_dict())
+    _render_shapes(report, f"{cfg.model.name} on {_fmt_shape(shape)}")
+
+
+@shapes_app.command("conv")
+@_guard
+def shapes_conv(
+    input_: str = typer.Option(..., "--input", "-i", help="Input shape CxHxW, e.g. 1x28x28."),
+    out_channels: int = typer.Option(1, "--out-channels", help="Number of filters."),
+    kernel: str = typer.Option(..., "--kernel", "-k", help="Kernel size: K or H,W."),
+    stride: str = typer.Option("1", "--stride", help="Stride: S or H,W."),
+    padding: str = typer.Option("0", "--padding", help="Zero padding: P or H,W."),
+    dilation: str = typer.Option("1", "--dilation", help="Dilation: D or H,W."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """One Conv2d: `cnnkit shapes conv --input 1x28x28 --out-channels 3 --kernel 3 --stride 2 --padding 1`."""
+    from cnnkit.shapes import ShapeReport, conv_row, parse_input_shape, parse_pair
+
+    if out_channels < 1:
+        from cnnkit.errors import ShapeError
+
+        raise ShapeError(f"--out-channels must be ≥ 1, got {out_channels}")
+    shape = parse_input_shape(input_)
+    row = conv_row("conv", shape, out_channels, parse_pair(kernel, "kernel"), parse_pair(stride, "stride"),
+                   parse_pair(padding, "padding"), parse_pair(dilation, "dilation"))
+    _single_layer(ShapeReport(shape, row.output, [row]), as_json)
+
+
+@shapes_app.command("pool")
+@_guard
+def shapes_pool(
+    input_: str = typer.Option(..., "--input", "-i", help="Input shape CxHxW, e.g. 1x4x4."),
+    kind: str = typer.Option("max", "--kind", help="max or avg."),
+    kernel: str = typer.Option(..., "--kernel", "-k", help="Window size: K or H,W."),
+    stride: Optional[str] = typer.Option(None, "--stride", help="Stride: S or H,W (default: the kernel, as in torch)."),
+    padding: str = typer.Option("0", "--padding", help="Padding: P or H,W (at most half the kernel)."),
+    dilation: str = typer.Option("1", "--dilation", help="Dilation (max pooling only): D or H,W."),
+    ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Round the output size up instead of down."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """One MaxPool2d/AvgPool2d: `cnnkit shapes pool --kind max --input 1x4x4 --kernel 2,3 --stride 2,3 --padding 1,1`."""
+    from cnnkit.errors import ShapeError
+    from cnnkit.shapes import ShapeReport, parse_input_shape, parse_pair, pool_row
+
+    if kind not in ("max", "avg"):
+        raise ShapeError(f"--kind {kind!r}: choose max or avg")
+    dil = parse_pair(dilation, "dilation")
+    if kind == "avg" and dil != (1, 1):
+        raise ShapeError("--dilation: average pooling has no dilation in torch; drop it or use --kind max")
+    shape = parse_input_shape(input_)
+    row = pool_row("pool", shape, kind, parse_pair(kernel, "kernel"),
+                   None if stride is None else parse_pair(stride, "stride"), parse_pair(padding, "padding"), dil,
+                   ceil_mode)
+    _single_layer(ShapeReport(shape, row.output, [row]), as_json)
+
+
+def _single_layer(report, as_json: bool) -> None:
+    if as_json:
+        return _print_json(report.to_dict())
+    row = report.layers[0]
+    _render_shapes(report, f"{row.type}")
+
+
+def main() -> None:
+    app(prog_name="cnnkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Typed run configuration: YAML → pydantic models, with `--set section.key=value` overrides.
+
+Precedence is defaults < YAML < --set. Every problem becomes one `ConfigError` line naming the file
+(or the --set), the dotted key, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cnnkit.errors import ConfigError
+
+
+class Section(BaseModel):
+    # Unknown keys are errors, never silently ignored: a typo must not train the wrong thing.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = "lenet"
+    # None = take it from the data (3 for RGB CIFAR-10, 1 for grayscale; 10 classes; 32×32).
+    in_channels: Optional[int] = Field(default=None, ge=1)
+    num_classes: Optional[int] = Field(default=None, ge=1)
+    input_size: Optional[tuple[int, int]] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from cnnkit.models import MODELS
+
+        return _check_registry_name(name, MODELS, "model")
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, size):
+        if size is not None and min(size) < 1:
+            raise ValueError("must be two positive integers [H, W]")
+        return size
+
+
+class DataConfig(Section):
+    # cifar10: the real images (image folder or cifar-10-batches-py); stripes: the seed's 6×8 picture.
+    dataset: Literal["cifar10", "stripes"] = "cifar10"
+    root: Optional[str] = None
+    download: bool = False
+    cache_dir: Optional[str] = None
+    val_split: int = Field(default=0, ge=0)
+    subset: Optional[int] = Field(default=None, ge=1)
+    grayscale: bool = False
+    augment: bool = False
+    crop_padding: int = Field(default=4, ge=0)
+    hflip: bool = True
+    # None = computed from the training images and written into the resolved config.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+
+class OptimConfig(Section):
+    name: str = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from cnnkit.optim import OPTIMIZERS
+
+        return _check_registry_name(name, OPTIMIZERS, "optimiser")
+
+
+class ScheduleConfig(Section):
+    name: str = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    # The lr at the end of the schedule, as a fraction of optim.lr (cosine and onecycle).
+    final_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_schedule(cls, name: str) -> str:
+        from cnnkit.optim import SCHEDULES
+
+        return _check_registry_name(name, SCHEDULES, "schedule")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(default=None, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    # None = all cores.
+    threads: Optional[int] = Field(default=None, ge=1)
+    # Also measure test accuracy after every epoch (reported only, never used to pick best.pt).
+    test_every_epoch: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return device
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    # None = the config file's name.
+    name: Optional[str] = None
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_registry_name(name: str, registry: dict, kind: str) -> str:
+    if name not in registry:
+        hint = _did_you_mean(name, registry)
+        raise ValueError(f"unknown {kind} '{name}'{hint}; choose one of: {', '.join(registry)}")
+    return name
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=3' → (['train', 'epochs'], 3). Values are YAML scalars or flow lists/maps."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the literal string and let validation judge it
+    return key.strip().split("."), value
+
+
+def _apply_override(raw: dict, path: list[str], value: Any, origin: str) -> None:
+    node = raw
+    schema: type[BaseModel] | None = Config
+    for depth, part in enumerate(path):
+        is_last = depth == len(path) - 1
+        fields = schema.model_fields if schema is not None else None
+        if fields is not None and part not in fields:
+            where = ".".join(path[:depth]) or "top level"
+            raise ConfigError(
+                f"{origin}: unknown key '{'.'.join(path[: depth + 1])}'{_did_you_mean(part, fields)}; "
+                f"keys in {where}: {', '.join(fields)}"
+            )
+        if is_last:
+            node[part] = value
+            return
+        annotation = fields[part].annotation if fields is not None else None
+        schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+
+
+def _format_error(err: dict, source: str, overridden: dict[tuple, str]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc)
+    # Name the --set that supplied the value, if one did, rather than the file.
+    where = next((o for k, o in overridden.items() if loc[: len(k)] == k), source)
+    if err["type"] == "extra_forbidden":
+        parent = _schema_at(loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        return (
+            f"{where}: unknown key '{key}'{_did_you_mean(loc[-1], allowed)}; "
+            f"allowed in {'.'.join(loc[:-1]) or 'top level'}: {', '.join(allowed)}"
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{where}: {key}: {msg}{shown}"
+
+
+def _schema_at(loc: tuple) -> type[BaseModel] | None:
+    schema: type[BaseModel] = Config
+    for part in loc:
+        field = schema.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        schema = annotation
+    return schema
+
+
+def config_from_dict(raw: dict, source: str = "config", overridden: dict | None = None) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(errors[0], source, overridden or {})
+        more = f" (+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. configs/lenet.yaml")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML file; pass e.g. configs/lenet.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}; pass a UTF-8 YAML file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}; fix the syntax there") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (model, data, optim, schedule, train, output), "
+            f"got a {type(raw).__name__}"
+        )
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML file < each `--set key=value`, validated together."""
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    overridden: dict[tuple, str] = {}
+    for text in overrides:
+        key_path, value = parse_override(text)
+        origin = f"--set {text}"
+        _apply_override(raw, key_path, value, origin)
+        overridden[tuple(key_path)] = origin
+    config = config_from_dict(raw, source, overridden)
+    if config.output.name is None and path is not None:
+        config.output.name = Path(path).stem
+    return config
