@@ -1,0 +1,76 @@
+"""Device, precision and threads are decided here, once, never inside a model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from cnnkit.errors import DeviceError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    threads: int
+    channels_last: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        """Mixed precision for the forward pass; a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            where = f"{self.device} ({name})"
+        else:
+            where = f"cpu ({self.threads} threads)"
+        extras = ", channels_last" if self.channels_last else ""
+        return f"device {where}, precision {self.precision}{extras}"
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto → CUDA when available, else CPU. Asking for CUDA on a machine without it is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"train.device={spec}: CUDA is not available on this machine; "
+                          "use train.device=cpu or auto")
+    device = torch.device(spec)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise DeviceError(f"train.device={spec}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | None = None,
+                  channels_last: bool = False, deterministic: bool = False) -> Runtime:
+    dev = resolve_device(device)
+    if precision == "fp16" and dev.type == "cpu":
+        raise DeviceError("train.precision=fp16 needs CUDA; on the CPU use bf16 or fp32")
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"train.precision=bf16: {torch.cuda.get_device_name(dev)} has no bf16; use fp16 or fp32")
+    n_threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(n_threads)
+    if deterministic:
+        # Same seed, same bits: no autotuned kernels, and deterministic algorithms where torch has them.
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif dev.type == "cuda":
+        # Fixed input sizes: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+    return Runtime(dev, precision, n_threads, channels_last)

@@ -1,0 +1,174 @@
+"""Training, checkpoints, eval and resume, on tiny generated data (and one real-data test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnkit.checkpoint import load_checkpoint
+from cnnkit.cli import app
+from cnnkit.config import load_config
+from cnnkit.errors import ConfigError, DataError, Interrupted, RunError
+from cnnkit.evaluate import evaluate_checkpoint
+from cnnkit.train import fit, resume_config
+
+runner = CliRunner()
+
+
+def tiny_config(tmp_path: Path, root: Path, *extra: str, model: str = "lenet", epochs: int = 3):
+    return load_config(None, [
+        f"model.name={model}", f"data.root={root}", "data.val_split=20", f"train.epochs={epochs}",
+        "train.batch_size=32", "train.eval_batch_size=64", "optim.lr=0.003", f"output.dir={tmp_path / 'runs'}",
+        "train.threads=1", "train.deterministic=true", *extra,
+    ])
+
+
+def test_train_checkpoint_eval_roundtrip(tmp_path, tiny_image_root):
+    config = tiny_config(tmp_path, tiny_image_root, "data.augment=true", "schedule.name=onecycle",
+                         "schedule.warmup_epochs=0.5", epochs=4)
+    events = []
+    result = fit(config, run_name="tiny", report=events.append)
+    run = tmp_path / "runs" / "tiny"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_acc", "val_acc", "lr", "epoch_s", "images_per_s"):
+        assert all(key in r for r in rows), key
+    assert events[0]["kind"] == "start" and events[-1]["kind"] == "end"
+    # The tiny classes differ in colour: a few epochs must beat chance (10%) clearly.
+    assert result.test.accuracy > 0.3
+    payload = load_checkpoint(run / "best.pt")
+    assert payload["epoch"] == result.best_epoch
+    assert payload["config"]["model"]["name"] == "lenet"
+    assert payload["classes"][0] == "airplane"
+    assert {"optimizer", "scheduler", "metrics", "torch_version", "cnnkit_version"} <= set(payload)
+    # eval rebuilds the model from the checkpoint's own config and gets the same number.
+    report = evaluate_checkpoint(run / "best.pt")
+    assert report.result.accuracy == pytest.approx(result.test.accuracy, abs=1e-12)
+    assert report.result.confusion.sum().item() == report.result.n == 100
+
+
+def test_resume_after_interrupt_is_bit_identical(tmp_path, tiny_image_root):
+    full = fit(tiny_config(tmp_path, tiny_image_root, "data.augment=true"), run_name="full")
+    full_weights = load_checkpoint(full.run_dir / "last.pt")["model"]
+
+    def interrupt_after_epoch_2(event):
+        if event["kind"] == "epoch" and event["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        fit(tiny_config(tmp_path, tiny_image_root, "data.augment=true"), run_name="cut",
+            report=interrupt_after_epoch_2)
+    assert info.value.exit_code == 130
+    assert "--resume" in str(info.value)
+    last = tmp_path / "runs" / "cut" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 2
+    config, payload = resume_config(last)
+    resumed = fit(config, resume=last, resume_payload=payload)
+    resumed_weights = load_checkpoint(resumed.run_dir / "last.pt")["model"]
+    assert resumed_weights.keys() == full_weights.keys()
+    for key in full_weights:
+        assert torch.equal(resumed_weights[key], full_weights[key]), key
+    rows = (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_resume_finished_run_needs_more_epochs(tmp_path, tiny_image_root):
+    result = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="done")
+    config, payload = resume_config(result.run_dir / "last.pt")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        fit(config, resume=result.run_dir / "last.pt", resume_payload=payload)
+    config, payload = resume_config(result.run_dir / "last.pt", ["train.epochs=2"])
+    more = fit(config, resume=result.run_dir / "last.pt", resume_payload=payload)
+    assert [r["epoch"] for r in more.history] == [1, 2]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_image_root):
+    fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="same")
+    with pytest.raises(RunError, match="--overwrite"):
+        fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="same")
+    fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="same", overwrite=True)
+
+
+def test_batches_layout_trains_too(tmp_path, tiny_batches_root):
+    result = fit(tiny_config(tmp_path, tiny_batches_root, "data.val_split=10", epochs=1), run_name="b")
+    assert result.test.n == 40
+
+
+def test_bn_cnn_trains_with_sgd_and_cosine(tmp_path, tiny_image_root):
+    config = tiny_config(tmp_path, tiny_image_root, "optim.name=sgd", "optim.lr=0.05",
+                         "optim.kwargs={momentum: 0.9, nesterov: true}", "schedule.name=cosine",
+                         "train.label_smoothing=0.1", "optim.weight_decay=5e-4", model="bn_cnn", epochs=2)
+    result = fit(config, run_name="bn")
+    assert len(result.history) == 2 and result.test.accuracy is not None
+
+
+def test_edge_toy_learns_the_kernel(tmp_path):
+    config = load_config(Path("configs/edge.yaml"), [f"output.dir={tmp_path}"])
+    result = fit(config, run_name="edge")
+    (a, b), = result.kernel
+    assert abs(a - 1) < 0.05 and abs(b + 1) < 0.05
+    report = evaluate_checkpoint(result.run_dir / "best.pt")
+    assert report.to_dict()["kernel"] == result.kernel
+    assert report.result.mse < 1e-3
+
+
+def test_edge_on_grayscale_cifar_and_scratch_backend(tmp_path, tiny_image_root):
+    config = load_config(Path("configs/edge.yaml"), [
+        f"output.dir={tmp_path}", "data.dataset=cifar10", f"data.root={tiny_image_root}", "data.grayscale=true",
+        "model.kwargs.backend=scratch", "train.batch_size=16", "train.epochs=30",
+        "optim.name=adam", "optim.lr=0.1"])
+    result = fit(config, run_name="edge-gray")
+    (a, b), = result.kernel
+    assert abs(a - 1) < 0.1 and abs(b + 1) < 0.1
+
+
+def test_no_data_is_one_clear_error(tmp_path):
+    config = load_config(None, [f"output.dir={tmp_path}"])
+    with pytest.raises(DataError, match="CNNKIT_DATA"):
+        fit(config, run_name="nodata")
+
+
+def test_cli_train_eval_resume(tmp_path, tiny_image_root):
+    args = ["--set", f"data.root={tiny_image_root}", "--set", "data.val_split=20", "--set", "train.epochs=2",
+            "--set", "train.batch_size=32", "--set", f"output.dir={tmp_path}", "--set", "train.threads=1"]
+    result = runner.invoke(app, ["train", "--config", "configs/lenet.yaml", "--name", "cli", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[1].startswith("device cpu")
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    final = next(line for line in lines if line.startswith("best.pt"))
+    accuracy = final.split("test accuracy ")[1].split(",")[0]
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert f"{data['accuracy']:.4f}" == accuracy
+    assert set(data) == {"accuracy", "loss", "n", "per_class", "confusion"}
+    assert len(data["confusion"]) == 10 and sum(map(sum, data["confusion"])) == data["n"]
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt")])
+    assert f"test accuracy {accuracy}" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cli" / "last.pt"), "--set", "train.epochs=3"])
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 2" in result.output
+
+
+def test_cli_train_without_data_exits_2(tmp_path):
+    result = runner.invoke(app, ["train", "--config", "configs/lenet.yaml", "--set", f"output.dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "CNNKIT_DATA" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, tmp_path_factory):
+    # One decode of the real data per test session, shared by every real-data test.
+    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path_factory.getbasetemp() / "real-cache"))
+    config = load_config(Path("configs/lenet.yaml"), [f"output.dir={tmp_path}", "train.epochs=1"])
+    result = fit(config, data_root=str(real_data_root), run_name="real")
+    assert result.test.n == 10_000
+    assert result.test.accuracy > 0.40, result.test.accuracy
