@@ -10,8 +10,9 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -257,6 +258,19 @@ def _single_layer(report, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
+def _argv_without_nproc(argv: list[str]) -> list[str]:
+    """The same command line minus --nproc, for each worker process."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 class _TrainView:
     """Renders fit()'s events: a live progress bar on a terminal, one plain line per epoch always."""
 
@@ -331,10 +345,16 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of that name."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain lines only, no progress bar."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torch.distributed.run)."),
 ):
     """Train a model: `cnnkit train --config configs/lenet.yaml`."""
     from cnnkit.config import load_config
     from cnnkit.train import fit, resume_config
+
+    if nproc > 1:
+        from cnnkit.distributed import launch
+
+        raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
 
     if resume is not None:
         cfg, payload = resume_config(resume, set_ or [])
@@ -348,43 +368,8 @@ def train_cmd(
     fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
 
 
-# ---------------------------------------------------------------------------------------------- eval
-@app.command("eval")
-@_guard
-def eval_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint, e.g. runs/NAME/best.pt."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-):
-    """Evaluate a checkpoint on the test set: accuracy, loss, per-class accuracy, confusion matrix."""
-    from cnnkit.evaluate import evaluate_checkpoint
-
-    report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device)
-    if as_json:
-        return _print_json(report.to_dict())
-    r = report.result
-    print(f"{report.checkpoint}: {report.model}, epoch {report.epoch}; {report.runtime}")
-    if r.accuracy is None:
-        print(f"learned kernel: {report.kernel}  (target [[1, -1]])")
-        print(f"MSE: {r.mse:.4g} over {r.n} image(s)")
-        return
-    per_class = Table(title="per-class accuracy")
-    per_class.add_column("class")
-    per_class.add_column("accuracy", justify="right")
-    per_class.add_column("images", justify="right")
-    counts = r.confusion.sum(dim=1).tolist()
-    for cls, acc, count in zip(report.classes, r.per_class, counts):
-        per_class.add_row(cls, f"{acc:.4f}", f"{count:,}")
-    console.print(per_class)
-    confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
-    confusion.add_column("")
-    for cls in report.classes:
-        confusion.add_column(cls[:5], justify="right")
-    for cls, row in zip(report.classes, r.confusion.tolist()):
-        confusion.add_row(cls, *[str(v) for v in row])
-    console.print(confusion)
-    print(f"test accuracy {r.accuracy:.4f}, loss {r.loss:.4f} on {r.n:,} images ({r.seconds:.2f} s) — Acc: {r.accuracy:.2f}")
+# Commands that look at results (eval, predict, runs, plot) live in their own module.
+from cnnkit import cli_inspect  # noqa: E402,F401  (registers its commands on `app`)
 
 
 def main() -> None:

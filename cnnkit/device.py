@@ -63,7 +63,10 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | 
         raise DeviceError("train.precision=fp16 needs CUDA; on the CPU use bf16 or fp32")
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"train.precision=bf16: {torch.cuda.get_device_name(dev)} has no bf16; use fp16 or fp32")
-    n_threads = threads or os.cpu_count() or 1
+    # Under torchrun the cores are shared by the processes on this machine; oversubscribing
+    # OpenMP threads makes every process crawl.
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n_threads = threads or max(1, (os.cpu_count() or 1) // local_procs)
     torch.set_num_threads(n_threads)
     if deterministic:
         # Same seed, same bits: no autotuned kernels, and deterministic algorithms where torch has them.

@@ -104,3 +104,18 @@ def teardown() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def launch(nproc: int, cnnkit_args: list[str]) -> int:
+    """`cnnkit train --nproc N ...`: the same as `torchrun --nproc_per_node=N -m cnnkit train ...`."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = ["--nproc_per_node", str(nproc), "--standalone", "-m", "cnnkit", *cnnkit_args]
+    try:
+        torchrun.main(args)
+    except ChildFailedError as exc:
+        # The failing worker already printed its own one-line error; pass its exit code on.
+        codes = [f.exitcode for f in exc.failures.values() if f.exitcode]
+        return codes[0] if codes and codes[0] > 0 else 1
+    return 0

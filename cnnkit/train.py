@@ -13,10 +13,11 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -387,6 +388,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     runtime = setup_runtime(dist.device_spec, config.train.precision, config.train.threads,
                             config.train.channels_last, config.train.deterministic)
     is_main = distributed.rank() == 0
+    if not is_main:
+        report = lambda event: None  # noqa: E731  (only rank 0 talks)
     distributed.check_batch(config.train.batch_size)
     task = task_for(config)
 
