@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnkit.config import Config
+from cnnkit.errors import ConfigError
 from cnnkit.models import build_model
 
 # The seed's striped picture is 6×8; CIFAR-10 images are 32×32.
@@ -22,7 +23,14 @@ def input_shape(config: Config) -> tuple[int, int, int]:
     return (channels, *size)  # type: ignore[return-value]
 
 
+# Sizes have their own model.* keys; passing them in model.kwargs too would be ambiguous.
+RESERVED_KWARGS = ("in_channels", "num_classes", "input_size", "name")
+
+
 def model_from_config(config: Config, num_classes: int | None = None) -> nn.Module:
+    clash = [k for k in RESERVED_KWARGS if k in config.model.kwargs]
+    if clash:
+        raise ConfigError(f"model.kwargs.{clash[0]}: set model.{clash[0]} instead of passing it in model.kwargs")
     channels, height, width = input_shape(config)
     classes = config.model.num_classes or num_classes or DATASET_CLASSES[config.data.dataset]
     return build_model(config.model.name, in_channels=channels, num_classes=classes,

@@ -181,16 +181,19 @@ def shapes_model(
     if ctx.invoked_subcommand is not None:
         return
     from cnnkit.build import input_shape, model_from_config
-    from cnnkit.config import load_config
+    from cnnkit.config import config_from_dict, load_config
     from cnnkit.shapes import parse_input_shape, trace_model
 
-    overrides = list(set_ or [])
+    cfg = load_config(config, set_ or [])
+    # --model and --input replace model.name / model.in_channels / model.input_size.
+    chosen = cfg.to_dict()
     if model is not None:
-        overrides.append(f"model.name={model}")
+        chosen["model"]["name"] = model
     if input_ is not None:
         c, h, w = parse_input_shape(input_)
-        overrides += [f"model.in_channels={c}", f"model.input_size=[{h}, {w}]"]
-    cfg = load_config(config, overrides)
+        chosen["model"]["in_channels"], chosen["model"]["input_size"] = c, [h, w]
+    if model is not None or input_ is not None:
+        cfg = config_from_dict(chosen, "--model" if input_ is None else "--model/--input")
     shape = input_shape(cfg)
     report = trace_model(model_from_config(cfg), shape)
     if as_json:

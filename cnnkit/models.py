@@ -7,15 +7,29 @@ sizes come from `cnnkit.shapes`, never hard-coded, so a model fits any input it 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from cnnkit import ops
-from cnnkit.errors import ConfigError
+from cnnkit.errors import ConfigError, ShapeError
 from cnnkit.shapes import SHAPE_RULES, Pair, conv2d_hw, conv_row, pool2d_hw
+
+
+def _spatial_size(model: str, input_size: Pair, steps: list[tuple[str, Callable[..., Pair], int]]) -> Pair:
+    """(H, W) after a chain of (layer name, conv2d_hw or pool2d_hw, kernel) steps; the layer that cannot
+    apply is named, so `lenet` on 8×8 says which layer runs out of pixels."""
+    hw = tuple(input_size)
+    for name, fn, kernel in steps:
+        try:
+            hw = fn(hw, kernel)
+        except ShapeError as exc:
+            size = "×".join(str(d) for d in input_size)
+            raise ShapeError(f"{model} on {size} input: {name} gets {hw[0]}×{hw[1]}: {exc}") from None
+    return hw  # type: ignore[return-value]
 
 
 class LeNet(nn.Module):
@@ -23,10 +37,8 @@ class LeNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: Pair = (32, 32)):
         super().__init__()
-        hw = conv2d_hw(input_size, 3)
-        hw = pool2d_hw(hw, 2)
-        hw = conv2d_hw(hw, 3)
-        hw = pool2d_hw(hw, 2)
+        hw = _spatial_size("lenet", input_size, [("conv1", conv2d_hw, 3), ("pool1", pool2d_hw, 2),
+                                                 ("conv2", conv2d_hw, 3), ("pool2", pool2d_hw, 2)])
         self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=3)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
@@ -70,10 +82,8 @@ class BNCNN(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: Pair = (32, 32)):
         super().__init__()
-        hw = conv2d_hw(input_size, 3)
-        hw = pool2d_hw(hw, 2)
-        hw = conv2d_hw(hw, 3)
-        hw = pool2d_hw(hw, 2)
+        hw = _spatial_size("bn_cnn", input_size, [("layer1.0", conv2d_hw, 3), ("pool1", pool2d_hw, 2),
+                                                  ("layer2.0", conv2d_hw, 3), ("pool2", pool2d_hw, 2)])
         self.layer1 = ConvBNReLU(in_channels, 25)
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.layer2 = ConvBNReLU(25, 50)

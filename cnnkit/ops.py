@@ -59,9 +59,10 @@ def pool2d(x: torch.Tensor, kernel, stride=None, padding=0, mode: str = "max", c
     extra_h = max(0, (out_h - 1) * s[0] + k[0] - (h + 2 * p[0]))
     extra_w = max(0, (out_w - 1) * s[1] + k[1] - (w + 2 * p[1]))
     padded = F.pad(x, (p[1], p[1] + extra_w, p[0], p[0] + extra_h), value=fill)  # (B, C, H', W')
-    # Pool channels independently: fold them into the batch so unfold never mixes them.
+    # Pool channels independently: fold them into the batch so unfold never mixes them. The padding
+    # above makes unfold see exactly out_h × out_w windows (the ceil_mode correction never leaves a
+    # spare one), which the reshape below relies on.
     cols = F.unfold(padded.reshape(batch * channels, 1, *padded.shape[-2:]), k, stride=s)  # (B·C, kH·kW, L)
-    cols = cols[..., : out_h * out_w] if cols.shape[-1] != out_h * out_w else cols
     if mode == "max":
         y = cols.max(dim=1).values  # (B·C, L)
     else:

@@ -11,8 +11,8 @@ inside the right padding.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ def parse_pair(text: str, name: str) -> Pair:
     """Command-line form: '3' or '2,3' (H,W)."""
     try:
         return to_pair([int(p) for p in text.replace("x", ",").split(",")], name)
-    except ValueError:
+    except (ValueError, ShapeError):
         raise ShapeError(f"--{name} {text!r}: expected an integer or H,W such as 2,3") from None
 
 
@@ -89,18 +89,20 @@ def pool_output_size(size: int, kernel: int, stride: int | None = None, padding:
         )
     span = dilation * (kernel - 1) + 1
     numerator = size + 2 * padding - span
-    if numerator < 0:
+    if ceil_mode:
+        # Rounding up can leave one window hanging past the padded input, even when the window is
+        # wider than the padded input (torch: MaxPool2d(2, ceil_mode=True) on size 1 gives 1).
+        out = -(-numerator // stride) + 1
+        # The last window must start inside the input or the left padding, never in the right padding.
+        if out > 1 and (out - 1) * stride >= size + padding:
+            out -= 1
+    else:
+        out = numerator // stride + 1
+    if out < 1:
         raise ShapeError(
             f"pool {dim}: window spans {span} but the padded input is only {size + 2 * padding} "
             f"({size} + 2·{padding}); use a smaller kernel or a larger input"
         )
-    if ceil_mode:
-        out = -(-numerator // stride) + 1
-        # The last window must start inside the input or the left padding, never in the right padding.
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-    else:
-        out = numerator // stride + 1
     return out
 
 
@@ -115,7 +117,7 @@ def pool_formula(size: int, kernel: int, stride: int, padding: int, dilation: in
     text = f"⌈({size} + 2·{padding} − {dilation}·({kernel}−1) − 1) / {stride}⌉ + 1"
     raw = -(-(size + 2 * padding - dilation * (kernel - 1) - 1) // stride) + 1
     if raw != out:
-        text += f" − 1 (last window would start in the padding)"
+        text += " − 1 (last window would start in the padding)"
     return f"{text} = {out}"
 
 
@@ -302,16 +304,23 @@ def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeRep
     """Shape of every leaf layer, computed analytically and checked against one real forward pass.
 
     The real pass (batch of 1, eval mode, no grad) gives the order in which leaves run; the rows
-    are then computed from the rules alone, each from the previous row's analytic output. A
-    disagreement with what the real layer produced is an error, never silent.
+    are then computed from the rules alone, each from the previous row's analytic output. The
+    report is only true for a plain chain, so the real pass must also show one: each leaf takes
+    exactly the tensor the previous leaf returned (the first takes the input, the model returns
+    the last leaf's output). A residual add, a branch or a functional op between layers, or a
+    disagreement with what a real layer produced, is an error, never silent.
     """
     executed: list[tuple[str, tuple, tuple]] = []
+    flow: list[tuple[str, object, object]] = []  # (leaf, tensor it took, tensor it returned)
     names = {m: n for n, m in model.named_modules()}
     hooks = []
     for module in model.modules():
         if next(module.children(), None) is None:  # a leaf
             def hook(mod, args, out):
-                executed.append((names[mod], tuple(args[0].shape[1:]), tuple(out.shape[1:])))
+                x = args[0] if len(args) == 1 else None
+                flow.append((names[mod], x, out))
+                if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+                    executed.append((names[mod], tuple(x.shape[1:]), tuple(out.shape[1:])))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -320,7 +329,8 @@ def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeRep
         with torch.no_grad():
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
-            model(torch.zeros((1, *input_shape), device=device))
+            x = torch.zeros((1, *input_shape), device=device)
+            y = model(x)
     except RuntimeError as exc:
         # The analytic walk over the leaves in registration order names the failing layer.
         leaves = [(n, (), ()) for n, m in model.named_modules() if next(m.children(), None) is None]
@@ -331,9 +341,26 @@ def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeRep
         for h in hooks:
             h.remove()
         model.train(was_training)
+    _check_chain(flow, x, y)
     rows = _analytic_rows(model, executed, input_shape, strict=True)
     output = rows[-1].output if rows else tuple(input_shape)
     return ShapeReport(tuple(input_shape), output, rows)
+
+
+_NOT_A_CHAIN = ("the shape tracer needs a plain chain of nn modules (no residual adds, branches, or functional "
+                "ops such as x.view, torch.flatten or F.relu between layers; use nn.Flatten, nn.ReLU...)")
+
+
+def _check_chain(flow: list[tuple[str, object, object]], x: torch.Tensor, y: object) -> None:
+    previous, previous_name = x, "the model input"
+    for name, taken, returned in flow:
+        if not isinstance(taken, torch.Tensor) or not isinstance(returned, torch.Tensor):
+            raise ShapeError(f"{name}: takes or returns something other than one tensor; {_NOT_A_CHAIN}")
+        if taken is not previous:
+            raise ShapeError(f"{name}: its input is not the output of {previous_name}; {_NOT_A_CHAIN}")
+        previous, previous_name = returned, name
+    if y is not previous:
+        raise ShapeError(f"the model's output is not the output of {previous_name}; {_NOT_A_CHAIN}")
 
 
 def _analytic_rows(model, executed, input_shape, strict: bool) -> list[LayerRow]:
