@@ -144,21 +144,27 @@ def _formula_cell(formulas: list[str]) -> str:
 
 
 def _render_shapes(report, title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=title, caption="output size = ⌊(in + 2·p − d·(k−1) − 1) / s⌋ + 1 per dimension; "
+                  "RF: receptive field and jump: effective stride, in input pixels")
     table.add_column("layer")
     table.add_column("type")
     table.add_column("k s p d", justify="center")
-    table.add_column("input → output")
-    table.add_column("output size: ⌊(in + 2·p − d·(k−1) − 1) / s⌋ + 1", no_wrap=True)
+    table.add_column("kernel shape")
+    table.add_column("input → output", no_wrap=True)
+    table.add_column("output size", no_wrap=True)
     table.add_column("RF", justify="right")
     table.add_column("jump", justify="right")
     table.add_column("params", justify="right")
+    table.add_column("%", justify="right")
     table.add_column("MACs", justify="right")
+    total = max(1, report.params)
     for row in report.layers:
         ksp = " ".join(_fmt_pair(v) for v in (row.kernel, row.stride, row.padding, row.dilation)) if row.kernel else ""
-        table.add_row(row.name, row.type, ksp, f"{_fmt_shape(row.input)} → {_fmt_shape(row.output)}",
+        kind = row.type if row.layers == 1 else f"{row.type} ({row.layers} layers)"
+        table.add_row(row.name, kind, ksp, _fmt_shape(row.kernel_shape) if row.kernel_shape else "",
+                      f"{_fmt_shape(row.input)} → {_fmt_shape(row.output)}",
                       _formula_cell(row.formulas), _fmt_pair(row.receptive_field), _fmt_pair(row.jump),
-                      f"{row.params:,}", f"{row.macs:,}")
+                      f"{row.params:,}", f"{100 * row.params / total:.1f}" if row.params else "", f"{row.macs:,}")
     console.print(table)
     console.print(
         f"input {_fmt_shape(report.input)} → output {_fmt_shape(report.output)}   "
@@ -175,6 +181,7 @@ def shapes_model(
     set_: Optional[list[str]] = SetOpt,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A registered model name (see `cnnkit models`)."),
     input_: Optional[str] = typer.Option(None, "--input", "-i", help="Input shape CxHxW, e.g. 3x32x32."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Fold blocks nested deeper than this into one row."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Trace a model layer by layer: `cnnkit shapes --model bn_cnn --input 1x28x28`."""
@@ -195,7 +202,7 @@ def shapes_model(
     if model is not None or input_ is not None:
         cfg = config_from_dict(chosen, "--model" if input_ is None else "--model/--input")
     shape = input_shape(cfg)
-    report = trace_model(model_from_config(cfg), shape)
+    report = trace_model(model_from_config(cfg), shape).at_depth(depth)
     if as_json:
         return _print_json(report.to_dict())
     _render_shapes(report, f"{cfg.model.name} on {_fmt_shape(shape)}")

@@ -155,6 +155,10 @@ class LayerRow:
     macs: int = 0
     receptive_field: Pair = (1, 1)  # input pixels one output pixel sees
     jump: Pair = (1, 1)  # input pixels between neighbouring output pixels (effective stride)
+    # torchinfo's "Kernel Shape": conv weight (C_out, C_in/groups, kH, kW), pool window (kH, kW),
+    # linear weight (out, in).
+    kernel_shape: tuple[int, ...] | None = None
+    layers: int = 1  # leaf layers this row stands for (more than 1 when --depth folds a block)
 
     def to_dict(self) -> dict:
         return {
@@ -163,6 +167,7 @@ class LayerRow:
             "padding": _opt_list(self.padding), "dilation": _opt_list(self.dilation),
             "ceil_mode": self.ceil_mode, "formulas": self.formulas, "params": self.params,
             "macs": self.macs, "receptive_field": list(self.receptive_field), "jump": list(self.jump),
+            "kernel_shape": _opt_list(self.kernel_shape), "layers": self.layers,
         }
 
 
@@ -175,6 +180,39 @@ class ShapeReport:
     input: tuple[int, ...]
     output: tuple[int, ...]
     layers: list[LayerRow]
+    # Class name of every named submodule, so folded blocks can say what they are.
+    module_types: dict[str, str] = field(default_factory=dict)
+    # Set when rows were folded: the total still counts every leaf's output.
+    leaf_activation_bytes: int | None = None
+
+    def at_depth(self, depth: int | None) -> "ShapeReport":
+        """Fold every block nested deeper than `depth` into one row (torchinfo's `depth`)."""
+        if depth is None:
+            return self
+        if depth < 1:
+            raise ShapeError(f"--depth must be ≥ 1, got {depth}")
+        rows: list[LayerRow] = []
+        for row in self.layers:
+            parts = row.name.split(".")
+            if len(parts) <= depth:
+                rows.append(row)
+                continue
+            group = ".".join(parts[:depth])
+            if rows and rows[-1].name == group:
+                last = rows[-1]
+                last.output, last.params, last.macs = row.output, last.params + row.params, last.macs + row.macs
+                last.receptive_field, last.jump, last.layers = row.receptive_field, row.jump, last.layers + 1
+                last.formulas = []
+            else:
+                rows.append(LayerRow(group, self.module_types.get(group, "block"), row.input, row.output,
+                                     params=row.params, macs=row.macs, receptive_field=row.receptive_field,
+                                     jump=row.jump, formulas=list(row.formulas), kernel=row.kernel,
+                                     stride=row.stride, padding=row.padding, dilation=row.dilation,
+                                     kernel_shape=row.kernel_shape))
+        for row in rows:
+            if row.layers > 1:  # a folded block has no single kernel or formula
+                row.kernel = row.stride = row.padding = row.dilation = row.kernel_shape = None
+        return ShapeReport(self.input, self.output, rows, self.module_types, self.activation_bytes)
 
     @property
     def params(self) -> int:
@@ -187,6 +225,8 @@ class ShapeReport:
     @property
     def activation_bytes(self) -> int:
         """float32 bytes of every layer output for one image (what a forward pass keeps for backward)."""
+        if self.leaf_activation_bytes is not None:
+            return self.leaf_activation_bytes
         return sum(4 * _numel(r.output) for r in self.layers)
 
     def to_dict(self) -> dict:
@@ -223,7 +263,7 @@ def conv_row(name: str, in_shape, out_channels: int, kernel, stride=1, padding=0
     macs = out_channels * out_hw[0] * out_hw[1] * (c // groups) * k[0] * k[1]
     new_rf, new_jump = _grow_rf(rf, jump, k, s, d)
     return LayerRow(name, type_name, (c, h, w), (out_channels, *out_hw), k, s, p, d, None, formulas, params,
-                    macs, new_rf, new_jump)
+                    macs, new_rf, new_jump, kernel_shape=(out_channels, c // groups, *k))
 
 
 def pool_row(name: str, in_shape, kind: str, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -237,7 +277,7 @@ def pool_row(name: str, in_shape, kind: str, kernel, stride=None, padding=0, dil
     new_rf, new_jump = _grow_rf(rf, jump, k, s, d)
     type_name = {"max": "MaxPool2d", "avg": "AvgPool2d"}[kind]
     return LayerRow(name, type_name, (c, h, w), (c, *out_hw), k, s, p, d, ceil_mode, formulas, 0, 0,
-                    new_rf, new_jump)
+                    new_rf, new_jump, kernel_shape=k)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,8 +301,10 @@ def _avgpool_rule(name, m, shape, rf, jump):
 
 def _same_shape_rule(name, m, shape, rf, jump):
     params = sum(p.numel() for p in m.parameters(recurse=False))
+    weight = getattr(m, "weight", None)
     return LayerRow(name, type(m).__name__, tuple(shape), tuple(shape), params=params,
-                    receptive_field=rf, jump=jump)
+                    receptive_field=rf, jump=jump,
+                    kernel_shape=tuple(weight.shape) if isinstance(weight, torch.Tensor) else None)
 
 
 def _flatten_rule(name, m, shape, rf, jump):
@@ -276,7 +318,8 @@ def _linear_rule(name, m, shape, rf, jump):
         raise ShapeError(f"{name}: Linear expects {m.in_features} features but receives {shape[-1]} ({shape})")
     params = m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
     return LayerRow(name, "Linear", tuple(shape), (*shape[:-1], m.out_features), params=params,
-                    macs=_numel(shape[:-1]) * m.in_features * m.out_features, receptive_field=rf, jump=jump)
+                    macs=_numel(shape[:-1]) * m.in_features * m.out_features, receptive_field=rf, jump=jump,
+                    kernel_shape=(m.out_features, m.in_features))
 
 
 # Models may register their own leaf types here (the edge model's from-scratch Corr2d does).
@@ -344,7 +387,8 @@ def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeRep
     _check_chain(flow, x, y)
     rows = _analytic_rows(model, executed, input_shape, strict=True)
     output = rows[-1].output if rows else tuple(input_shape)
-    return ShapeReport(tuple(input_shape), output, rows)
+    types = {name: type(module).__name__ for name, module in model.named_modules() if name}
+    return ShapeReport(tuple(input_shape), output, rows, types)
 
 
 _NOT_A_CHAIN = ("the shape tracer needs a plain chain of nn modules (no residual adds, branches, or functional "
