@@ -1,4 +1,4 @@
-"""Commands that look at what a model learned: eval (and, as they land, predict, runs, plot).
+"""Commands that look at what a model learned: eval, predict, runs, plot.
 
 Registered on the same typer `app` as cli.py; the same rules hold: parse, call one library
 function, render with rich, own the exit codes.
@@ -6,6 +6,7 @@ function, render with rich, own the exit codes.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,40 +16,213 @@ from rich.table import Table
 from cnnkit.cli import _guard, _print_json, app, console
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------- eval
 @app.command("eval")
 @_guard
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint, e.g. runs/NAME/best.pt."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root",
+                                            help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta",
+                             help="Also report accuracy with logits averaged over the image and its mirror."),
+    tta_shift: bool = typer.Option(False, "--tta-shift",
+                                   help="TTA with ±1-pixel shifts too (10 views; implies --tta)."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write confusion.png / edges.png."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Evaluate a checkpoint on the test set: accuracy, loss, per-class accuracy, confusion matrix."""
+    """Evaluate a checkpoint on the test set: accuracy, per-class report, confusion matrix (also as confusion.png)."""
     from cnnkit.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device)
+    report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
+                                 plots_dir=None if no_plots else checkpoint.parent)
+    for warning in report.warnings:
+        _warn(warning)
     if as_json:
         return _print_json(report.to_dict())
     r = report.result
     print(f"{report.checkpoint}: {report.model}, epoch {report.epoch}; {report.runtime}")
     if r.accuracy is None:
         print(f"learned kernel: {report.kernel}  (target [[1, -1]])")
+        for path in report.plots:
+            print(f"wrote {path}")
         print(f"MSE: {r.mse:.4g} over {r.n} image(s)")
         return
-    per_class = Table(title="per-class accuracy")
-    per_class.add_column("class")
-    per_class.add_column("accuracy", justify="right")
-    per_class.add_column("images", justify="right")
-    counts = r.confusion.sum(dim=1).tolist()
-    for cls, acc, count in zip(report.classes, r.per_class, counts):
-        per_class.add_row(cls, f"{acc:.4f}", f"{count:,}")
-    console.print(per_class)
+    classes = report.classes
+    cls_report = report.report
+    table = Table(title="per-class results")
+    for col in ("class", "accuracy", "precision", "recall", "F1", "images"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for cls, acc in zip(classes, r.per_class, strict=True):
+        row = cls_report["per_class"][cls]
+        table.add_row(cls, f"{acc:.4f}", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                      f"{row['support']:,}")
+    table.add_section()
+    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        avg = cls_report[key]
+        table.add_row(label, "", f"{avg['precision']:.4f}", f"{avg['recall']:.4f}", f"{avg['f1']:.4f}",
+                      f"{avg['support']:,}")
+    console.print(table)
     confusion = Table(title="confusion matrix (rows: true class, columns: predicted)")
     confusion.add_column("")
-    for cls in report.classes:
+    for cls in classes:
         confusion.add_column(cls[:5], justify="right")
-    for cls, row in zip(report.classes, r.confusion.tolist()):
+    for cls, row in zip(classes, r.confusion.tolist(), strict=True):
         confusion.add_row(cls, *[str(v) for v in row])
     console.print(confusion)
-    print(f"test accuracy {r.accuracy:.4f}, loss {r.loss:.4f} on {r.n:,} images ({r.seconds:.2f} s) — Acc: {r.accuracy:.2f}")
+    pairs = report.most_confused()
+    if pairs:
+        worst = Table(title="most confused (true → predicted)")
+        for col in ("true", "predicted as", "images", "of its class"):
+            worst.add_column(col, justify="left" if col in ("true", "predicted as") else "right")
+        for p in pairs:
+            worst.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['fraction']:.1%}")
+        console.print(worst)
+    if report.tta is not None:
+        t = report.tta
+        what = "the image, its mirror and their ±1-pixel shifts" if len(t.views) > 2 else "the image and its mirror"
+        print(f"TTA, logits averaged over {what} ({len(t.views)} views): accuracy {t.accuracy:.4f} "
+              f"vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), loss {t.loss:.4f}")
+    for path in report.plots:
+        print(f"wrote {path}")
+    # This line's format is relied on (tests, users' scripts): keep it, and keep it last.
+    print(f"test accuracy {r.accuracy:.4f}, loss {r.loss:.4f} on {r.n:,} images ({r.seconds:.2f} s) "
+          f"— Acc: {r.accuracy:.2f}")
+
+
+# ---------------------------------------------------------------------------------------------- predict
+@app.command("predict")
+@_guard
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files or folders (every image in a folder, sorted)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint, e.g. runs/NAME/best.pt."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Classify your own pictures: `cnnkit predict --checkpoint runs/X/best.pt cat.jpg photos/`."""
+    from cnnkit.predict import predict_images
+
+    report = predict_images(checkpoint, list(images), top_k=top_k, device=device)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        c, h, w = report.input
+        print(f"{report.checkpoint}: {report.model}, epoch {report.epoch}; input {c}×{h}×{w} "
+              f"({'RGB' if c == 3 else 'grayscale'})")
+        table = Table()
+        table.add_column("image", overflow="fold")
+        table.add_column("original", justify="right")
+        for i in range(max((len(p.top) for p in report.predictions if p.top), default=top_k)):
+            table.add_column(f"top {i + 1}" if i else "prediction")
+        for p in report.predictions:
+            if p.error is not None:
+                table.add_row(p.path, "", f"[red]error: {p.error}[/red]")
+                continue
+            cells = [f"{cls} {prob:.1%}" if i else f"[bold]{cls}[/bold] {prob:.1%}"
+                     for i, (cls, prob) in enumerate(p.top)]
+            table.add_row(p.path, f"{p.size[0]}×{p.size[1]} {p.mode}", *cells)
+        console.print(table)
+        errors = len(report.predictions) - report.n_predicted
+        summary = f"predicted {report.n_predicted} of {len(report.predictions)} image(s)"
+        if errors:
+            summary += f"; {errors} could not be read"
+        if report.skipped:
+            summary += f"; skipped {len(report.skipped)} non-image file(s) in folders"
+        print(summary)
+    if report.n_predicted == 0:
+        print(f"error: none of the {len(report.predictions)} input(s) could be read as an image; "
+              "pass image files (png, jpg, …) or folders of them", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _pct(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return ""
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@app.command("runs")
+@_guard
+def runs_cmd(
+    folder: Path = typer.Argument(Path("runs"), help="The folder that holds run folders (output.dir)."),
+    sort: str = typer.Option("date", "--sort", help="Column: name, model, epochs, best_val, test_at_best, "
+                             "best_test, final_test, wall_s, images_per_s or date."),
+    reverse: bool = typer.Option(False, "--reverse", "-r", help="Reverse the order."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Compare runs: one row per run folder (best numbers from metrics.jsonl), sortable."""
+    from cnnkit.runs import list_runs
+
+    runs = list_runs(folder, sort=sort, reverse=reverse)
+    if as_json:
+        return _print_json([r.to_dict() for r in runs])
+    if not runs:
+        print(f"no run folders in {folder} (a run folder holds config.yaml and metrics.jsonl)")
+        return
+    table = Table(title=f"runs in {folder}")
+    columns = [("name", "left"), ("model", "left"), ("epochs", "right"), ("best val", "right"),
+               ("test @best", "right"), ("best test", "right"), ("final test", "right"), ("wall", "right"),
+               ("img/s", "right"), ("date", "left")]
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
+    for r in runs:
+        epochs = str(r.epochs) if r.complete else f"{r.epochs}/{r.planned_epochs or '?'} (incomplete)"
+        if r.task == "edge":
+            # The edge toy has no accuracy: its test columns show the MSE instead.
+            val = f"mse {r.best_val_mse:.2g}" if r.best_val_mse is not None else ""
+            tests = ["", "", f"mse {r.final_test_mse:.2g}" if r.final_test_mse is not None else ""]
+        else:
+            val, tests = _pct(r.best_val), [_pct(r.test_at_best), _pct(r.best_test), _pct(r.final_test)]
+        speed = f"{r.images_per_s:,.0f}" if r.images_per_s is not None else ""
+        table.add_row(r.name, r.model or "?", epochs, val, *tests, _duration(r.wall_s), speed, r.date or "")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+@app.command("plot")
+@_guard
+def plot_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders, e.g. runs/lenet runs/bn_cnn (overlaid)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: curves.png in the "
+                                       "run folder; for several runs, compare-curves.png beside them)."),
+):
+    """Draw training curves (loss, train accuracy, val/test accuracy per epoch) of one or more runs."""
+    from cnnkit.plots import write_curves
+
+    if out is None:
+        out = _default_plot_path(runs)
+    path = write_curves(runs, out)
+    print(f"wrote {path}")
+
+
+def _default_plot_path(runs: list[Path]) -> Path:
+    folders = [r.parent if r.is_file() else r for r in runs]
+    if len(folders) == 1:
+        return folders[0] / "curves.png"
+    # Overlaying several runs must not replace one run's own curves.png: write beside them.
+    import os
+
+    try:
+        common = Path(os.path.commonpath([f.resolve() for f in folders]))
+    except ValueError:  # different drives (Windows)
+        common = folders[0].resolve().parent
+    if common in [f.resolve() for f in folders]:  # one run folder holds the others
+        common = common.parent
+    try:
+        common = common.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return common / "compare-curves.png"

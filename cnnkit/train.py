@@ -44,6 +44,7 @@ from cnnkit.errors import ConfigError, Interrupted, RunError, TrainingError
 from cnnkit.fileio import atomic_write_text
 from cnnkit.models import MODELS
 from cnnkit.optim import build_optimizer, build_scheduler
+from cnnkit.plots import write_curves
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -316,7 +317,7 @@ def new_run_dir(config: Config, name: str | None, overwrite: bool) -> Path:
         raise RunError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
                        "set output.dir to a writable folder") from None
     if overwrite:
-        for stale in ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "confusion.png"):
+        for stale in ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "confusion.png", "edges.png"):
             (run_dir / stale).unlink(missing_ok=True)
     return run_dir
 
@@ -507,6 +508,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+    if is_main:
+        write_curves([run_dir], run_dir / "curves.png")  # the run at a glance
 
     # The number to trust: best.pt (chosen without the test set) on the test set, once.
     best_payload = load_checkpoint(run_dir / "best.pt") if is_main else None
