@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from cnnkit import __version__
-from cnnkit.errors import CheckpointError
+from cnnkit.config import check_plain_data
+from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.fileio import atomic_write
 
 FORMAT_VERSION = 1
@@ -32,40 +33,126 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
+# The first bytes of files people mistake for checkpoints, to say what a refused file looks like.
+_KNOWN_MAGIC = [
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"%PDF", "a PDF"), (b"\x1f\x8b", "a gzip file (extract it first?)"),
+    (b"\x93NUMPY", "a numpy .npy file"), (b"\x89HDF", "an HDF5 file"),
+]
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_MAGIC = b"\x80"  # torch.save's legacy format starts with a protocol-2 pickle
+
+
+def _describe_foreign(head: bytes) -> str:
+    for magic, what in _KNOWN_MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary data"
+    return "a text file"
+
+
+def _one_line(exc: BaseException, limit: int = 120) -> str:
+    """torch's first sentence, on one line, short: its messages go on for paragraphs."""
+    text = " ".join(str(exc).split())
+    text = text.split(". ")[0].rstrip(".") if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a cnnkit checkpoint onto the CPU (so a CUDA checkpoint loads anywhere)."""
+    """Load a cnnkit checkpoint onto the CPU (so a CUDA checkpoint loads anywhere).
+
+    Every way a file can be wrong (missing, a folder, empty, truncated, not a checkpoint, code
+    inside its pickle, another format version, fields of the wrong type) is a `CheckpointError`.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file from a run folder, e.g. runs/NAME/best.pt")
     if path.is_dir():
         hint = " (it holds best.pt / last.pt)" if (path / "best.pt").exists() or (path / "last.pt").exists() else ""
         raise CheckpointError(f"{path}: is a folder{hint}; pass the checkpoint file itself, e.g. {path / 'best.pt'}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty; it is not a checkpoint (was the run killed while saving?)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file; pass a .pt file written by `cnnkit train`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions") from None
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty; it is not a checkpoint (was the run killed while saving?)")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        raise CheckpointError(f"{path}: not a torch checkpoint (it looks like {_describe_foreign(head)}); "
+                              "pass a .pt file written by `cnnkit train`")
+    try:
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": advice for torch developers, and it would make the
+            # CLI's one-line error two lines.
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is long advice on how to trust the file; we keep only what it refused.
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)", str(exc))
-        what = found.group(1) or f"pickle opcode {found.group(2)}" if found else "non-tensor content"
-        raise CheckpointError(f"{path}: refused to load: it holds {what}, not just tensors and plain data; "
-                              "only load checkpoints written by cnnkit (nothing in the file was run)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError, MemoryError, OverflowError) as exc:
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({detail}); the file is truncated or "
-                              "is not a torch checkpoint — pass a .pt file written by `cnnkit train`") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused to load: its pickle names {found.group(1)}, which could run code; a checkpoint "
+                "holds only tensors and plain data — only load checkpoints written by cnnkit (nothing in the "
+                "file was run)") from None
+        raise CheckpointError(f"{path}: refused to load: {_one_line(exc)}; it is damaged or not a checkpoint "
+                              "written by cnnkit (nothing in the file was run)") from None
+    except Exception as exc:  # truncated or garbled files surface as many different exception types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(exc)}); the file is truncated or "
+                              "damaged (was the run killed while saving?) — pass a .pt file written by "
+                              "`cnnkit train`") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise CheckpointError(f"{path}: a torch file but not a cnnkit checkpoint (no model/config entries); "
                               "pass a .pt file written by `cnnkit train`")
     version = payload.get("format_version")
-    if not isinstance(version, int):
+    if type(version) is not int:
         raise CheckpointError(f"{path}: missing checkpoint format version; pass a .pt file written by `cnnkit train`")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer cnnkit (checkpoint format {version}, this cnnkit reads "
                               f"≤ {FORMAT_VERSION}); upgrade cnnkit to load it")
+    _check_fields(payload, path)
     return payload
+
+
+def _is_str_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+# What each entry must be when present; `model` and `config` are always present.
+_FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    "model": (lambda v: _is_str_dict(v) and all(isinstance(t, torch.Tensor) for t in v.values()),
+              "a dict of parameter names to tensors"),
+    "config": (_is_str_dict, "a dict of config sections"),
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "epoch": (lambda v: type(v) is int and v >= 0, "a whole number of epochs"),
+    "metrics": (lambda v: isinstance(v, list) and all(_is_str_dict(row) for row in v), "a list of per-epoch dicts"),
+    "best": (lambda v: _is_str_dict(v) and {"score", "epoch"} <= set(v), "a dict with score and epoch"),
+    "optimizer": (lambda v: _is_str_dict(v) and {"state", "param_groups"} <= set(v), "an optimizer state_dict"),
+    "scheduler": (_is_str_dict, "a scheduler state_dict"),
+    "rng": (lambda v: _is_str_dict(v) and isinstance(v.get("torch"), torch.Tensor)
+            and v["torch"].dtype == torch.uint8, "a dict holding the torch RNG state"),
+    "task": (lambda v: isinstance(v, str), "a task name"),
+}
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    for key, (ok, what) in _FIELD_CHECKS.items():
+        if key in payload and not ok(payload[key]):
+            got = type(payload[key]).__name__
+            raise CheckpointError(f"{path}: entry '{key}' must be {what}, got a {got}; the checkpoint was edited "
+                                  "or damaged — pass a .pt file written by `cnnkit train`")
+    # A pickle can share or loop references like YAML aliases do: a config that contains itself, or
+    # expands to billions of values, would hang or crash the run when written back out.
+    for key in ("config", "classes", "metrics", "best"):
+        if key in payload:
+            try:
+                check_plain_data(payload[key], f"{path} (entry '{key}')")
+            except ConfigError as exc:
+                raise CheckpointError(f"{exc}; the checkpoint was edited or damaged") from None
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

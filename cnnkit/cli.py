@@ -65,8 +65,7 @@ def _main_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (for developers)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ):
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or bool(os.environ.get("CNNKIT_DEBUG"))
 
 
 def _print_json(data) -> None:

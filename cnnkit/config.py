@@ -155,8 +155,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw  # not YAML: keep the literal string and let validation judge it
+    check_plain_data(value, f"--set {text}", prefix=key.strip())
     return key.strip().split("."), value
 
 
@@ -197,9 +198,17 @@ def _format_error(err: dict, source: str, overridden: dict[tuple, str]) -> str:
             f"allowed in {'.'.join(loc[:-1]) or 'top level'}: {', '.join(allowed)}"
         )
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type") and _schema_at(loc) is not None:
+        msg = f"must be a mapping of its keys ({', '.join(list(_schema_at(loc).model_fields)[:3])}, ...)"
+    msg = msg.replace("Input should be", "must be")
     got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {_short_repr(got)})"
     return f"{where}: {key}: {msg}{shown}"
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _schema_at(loc: tuple) -> type[BaseModel] | None:
@@ -235,6 +244,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot read: {exc}; pass a UTF-8 YAML file") from None
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; a config is sections of keys") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -245,9 +256,71 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: expected a mapping of sections (model, data, optim, schedule, train, output), "
-            f"got a {type(raw).__name__}"
+            f"got {_kind(raw)}; write sections of keys, e.g. train: {{epochs: 3}}"
         )
+    check_plain_data(raw, str(path))
     return raw
+
+
+def _kind(value: Any) -> str:
+    """'a list', 'the number 42', 'the string 'x'': what a YAML value is, for error messages."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool) or value is None:
+        return f"the value {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return f"a {type(value).__name__}"
+
+
+# A config is small; a YAML alias bomb (&a [*b, *b, ...] nested) is not, once expanded.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain_data(raw: Any, source: str, prefix: str = "") -> None:
+    """Refuse what YAML can express but a config never needs, each with one line naming the key.
+
+    YAML aliases (&a / *a) can make a value contain itself, or a small file expand to billions of
+    values; `!!binary`, dates and sets are not config values either. Anything of that sort would
+    otherwise crash later, e.g. when the resolved config is printed or saved with a checkpoint.
+    """
+    sizes: dict[int, int] = {}  # id -> expanded size of a finished list/dict (shared by aliases)
+    on_path: set[int] = set()
+
+    def walk(node: Any, where: str, depth: int) -> int:
+        if isinstance(node, _PLAIN):
+            return 1
+        label = where or "the document"
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{source}: {label}: a YAML {type(node).__name__} value is not allowed in a config; "
+                              "use a string, number, boolean, list or mapping")
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in on_path:
+            raise ConfigError(f"{source}: {label} contains itself through a YAML alias (&name / *name); "
+                              "write the value out instead")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: {label} is nested more than {MAX_DEPTH} levels deep; "
+                              "a config is sections of keys")
+        on_path.add(id(node))
+        total = 1
+        for key, child in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(node, dict) and not isinstance(key, _PLAIN):
+                raise ConfigError(f"{source}: {label}: a YAML {type(key).__name__} is not allowed as a key; "
+                                  "keys are names like epochs")
+            total += walk(child, f"{where}.{key}" if where else str(key), depth + 1)
+            if total > MAX_VALUES:
+                raise ConfigError(f"{source}: {label} expands to more than {MAX_VALUES:,} values (YAML aliases?); "
+                                  "a config is a few dozen keys")
+        on_path.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    walk(raw, prefix, 0)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

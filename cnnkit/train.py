@@ -204,8 +204,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
             loss = task.loss(outputs.float(), targets, train_cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{len(batches)}; the last good "
-                f"checkpoint is kept — lower optim.lr (now {optimizer.param_groups[0]['lr']:.3g}) "
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{len(batches)}; "
+                f"{_kept(epoch + 1)} — lower optim.lr (now {optimizer.param_groups[0]['lr']:.3g}) "
                 "or set train.grad_clip"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -307,7 +307,7 @@ def new_run_dir(config: Config, name: str | None, overwrite: bool) -> Path:
     run_dir = base / stem
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RunError(f"{run_dir}: a run with this name exists; pass --overwrite to replace it, "
-                       "--name for a new one, or --resume {run_dir}/last.pt to continue it")
+                       f"--name for a new one, or --resume {run_dir / 'last.pt'} to continue it")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -492,6 +492,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
                 row.update(_eval_fields("test", evaluate_split(test_split)))
             row["time"] = time.time()
             row["elapsed_s"] = row["time"] - wall_start
+            _check_finite(row, model, epoch + 1, optimizer)
             history.append(row)
             # Select on validation only; with no validation split the final epoch is the best one.
             score = _selection_score(row) if val_split is not None else float(epoch + 1)
@@ -534,6 +535,21 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
 def edge_kernel(model: nn.Module) -> list[list[float]] | None:
     kernel = getattr(model, "kernel", None)
     return kernel.cpu().tolist() if isinstance(kernel, torch.Tensor) else None
+
+
+def _kept(epoch: int) -> str:
+    return f"the last good checkpoint (epoch {epoch - 1}) is kept" if epoch > 1 else "no checkpoint was saved"
+
+
+def _check_finite(row: dict, model: nn.Module, epoch: int, optimizer) -> None:
+    """An epoch that ends with non-finite weights or losses must not become last.pt."""
+    bad = [k for k in ("train_loss", "val_loss", "val_mse", "test_loss", "test_mse")
+           if k in row and not math.isfinite(row[k])]
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        bad.append("weights")
+    if bad:
+        raise TrainingError(f"{', '.join(bad)} became non-finite in epoch {epoch}; {_kept(epoch)} — lower optim.lr "
+                            f"(now {optimizer.param_groups[0]['lr']:.3g}) or set train.grad_clip")
 
 
 def _eval_fields(prefix: str, result: EvalResult) -> dict:
