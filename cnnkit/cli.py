@@ -243,7 +243,7 @@ def shapes_pool(
     ceil_mode: bool = typer.Option(False, "--ceil-mode", help="Round the output size up instead of down."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """One MaxPool2d/AvgPool2d: `cnnkit shapes pool --kind max --input 1x4x4 --kernel 2,3 --stride 2,3 --padding 1,1`."""
+    """One MaxPool2d/AvgPool2d: `cnnkit shapes pool --kind max --input 1x4x4 --kernel 2,3 --stride 2,3`."""
     from cnnkit.errors import ShapeError
     from cnnkit.shapes import ShapeReport, parse_input_shape, parse_pair, pool_row
 
@@ -349,7 +349,8 @@ class _TrainView:
 def train_cmd(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root",
+                                            help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: config name + timestamp)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of that name."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt."),

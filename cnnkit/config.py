@@ -17,9 +17,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cnnkit.errors import ConfigError
 
 
+def _is_mapping_annotation(annotation) -> bool:
+    return annotation is dict or getattr(annotation, "__origin__", None) is dict
+
+
 class Section(BaseModel):
     # Unknown keys are errors, never silently ignored: a typo must not train the wrong thing.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        # pydantic would read `epochs: true` as 1 and `lr: true` as 1.0; a bool there is a mistake.
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = (annotation, *getattr(annotation, "__args__", ()))
+        if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
+            raise ValueError("must be a number, not true/false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _numbers_in_kwargs(cls, value, info):
+        # YAML 1.1 reads 1e-8 (no dot) as text; in free-form kwargs nothing else would convert it.
+        if info.field_name == "kwargs" and isinstance(value, dict):
+            return {k: _yaml_float(v) for k, v in value.items()}
+        return value
 
 
 class ModelConfig(Section):
@@ -148,6 +170,13 @@ def _did_you_mean(word: str, options) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_float(value):
+    return float(value) if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()) else value
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.epochs=3' → (['train', 'epochs'], 3). Values are YAML scalars or flow lists/maps."""
     key, sep, raw = text.partition("=")
@@ -178,10 +207,18 @@ def _apply_override(raw: dict, path: list[str], value: Any, origin: str) -> None
             return
         annotation = fields[part].annotation if fields is not None else None
         schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if fields is not None and schema is None and not _is_mapping_annotation(annotation):
+            # e.g. --set train.epochs.x=3: epochs is a value, there is nothing below it.
+            raise ConfigError(f"{origin}: '{'.'.join(path[: depth + 1])}' is a value, not a section; "
+                              f"use --set {'.'.join(path[: depth + 1])}=VALUE")
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            # The file's own value is wrong (e.g. `train: 3`); say so rather than silently replace it.
+            raise ConfigError(f"{origin}: '{'.'.join(path[: depth + 1])}' in the config is "
+                              f"{type(child).__name__} {child!r}, not a mapping; fix the file first")
         node = child
 
 

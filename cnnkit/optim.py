@@ -22,8 +22,8 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float, kwargs: d
     accepted = set(inspect.signature(cls).parameters) - {"params", "lr", "weight_decay"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ConfigError(f"optim.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: "
-                          f"{', '.join(sorted(a for a in accepted if a not in ('foreach', 'capturable', 'differentiable', 'fused', 'maximize')))}")
+        useful = sorted(accepted - {"foreach", "capturable", "differentiable", "fused", "maximize"})
+        raise ConfigError(f"optim.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: {', '.join(useful)}")
     try:
         return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     except (ValueError, TypeError) as exc:

@@ -185,7 +185,7 @@ class ShapeReport:
     # Set when rows were folded: the total still counts every leaf's output.
     leaf_activation_bytes: int | None = None
 
-    def at_depth(self, depth: int | None) -> "ShapeReport":
+    def at_depth(self, depth: int | None) -> ShapeReport:
         """Fold every block nested deeper than `depth` into one row (torchinfo's `depth`)."""
         if depth is None:
             return self

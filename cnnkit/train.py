@@ -26,7 +26,7 @@ from torch import nn
 from cnnkit import distributed
 from cnnkit.build import input_shape, model_from_config
 from cnnkit.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from cnnkit.config import Config, config_from_dict, load_config
+from cnnkit.config import Config, config_from_dict, load_config, parse_override
 from cnnkit.data import (
     Split,
     augment_batch,
@@ -341,10 +341,21 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
+# What a resumed run may change: how long it trains and where, never what it trains.
+RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
+                      "train.test_every_epoch")
+
+
 def resume_config(checkpoint: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, dict]:
     """The config a checkpoint was trained with, plus any --set (e.g. more epochs)."""
     payload = load_checkpoint(checkpoint)
     config = config_from_dict(payload["config"], f"{checkpoint} (its saved config)")
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(f"--set {text}: {key} cannot change when resuming (the saved optimiser, schedule "
+                              f"and data state depend on it); on --resume only {', '.join(RESUME_OVERRIDABLE)} "
+                              "can be set — start a new run to change it")
     if overrides:
         # Re-validate the saved config with the overrides on top, exactly like a YAML file.
         import tempfile

@@ -172,3 +172,9 @@ def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, tmp
     result = fit(config, data_root=str(real_data_root), run_name="real")
     assert result.test.n == 10_000
     assert result.test.accuracy > 0.40, result.test.accuracy
+
+
+def test_resume_refuses_changes_that_would_break_it(tmp_path, tiny_image_root):
+    result = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="r")
+    with pytest.raises(ConfigError, match="cannot change when resuming"):
+        resume_config(result.run_dir / "last.pt", ["optim.lr=0.5"])
