@@ -581,9 +581,10 @@ def channel_stats(images: torch.Tensor, chunk: int = 2048) -> tuple[list[float],
     total = torch.zeros(channels, dtype=torch.float64, device=images.device)
     total_sq = torch.zeros(channels, dtype=torch.float64, device=images.device)
     for start in range(0, images.shape[0], chunk):
-        x = images[start:start + chunk].to(torch.float64) / 255  # (b, C, H, W)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
+        # float32 within a chunk (float64 is ~10x slower on the CPU), float64 across chunks.
+        x = images[start:start + chunk].to(torch.float32) / 255  # (b, C, H, W)
+        total += x.sum(dim=(0, 2, 3)).double()
+        total_sq += (x * x).sum(dim=(0, 2, 3)).double()
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt()

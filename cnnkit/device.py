@@ -56,6 +56,23 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def tune_cpu_allocator() -> None:
+    """Keep glibc from mmap/munmap-ing every multi-MB activation buffer on each step.
+
+    Measured on the 2-core CPU: the first epochs ran ~30% slower until glibc's adaptive
+    thresholds caught up. Raising them up front costs only memory that stays with the process.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | None = None,
                   channels_last: bool = False, deterministic: bool = False) -> Runtime:
     dev = resolve_device(device)
@@ -67,6 +84,8 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | 
     # OpenMP threads makes every process crawl.
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     n_threads = threads or max(1, (os.cpu_count() or 1) // local_procs)
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     torch.set_num_threads(n_threads)
     if deterministic:
         # Same seed, same bits: no autotuned kernels, and deterministic algorithms where torch has them.

@@ -9,9 +9,11 @@ hands progress events to a `report` function, and the CLI renders them.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,8 +95,9 @@ def prepare_data(config: Config, data_root: str | None = None) -> Prepared:
     if data.mean is not None and data.std is not None:
         mean, std = data.mean, data.std
     else:
-        # Statistics of the images the model trains on, never of validation or test images.
-        mean, std = channel_stats(train.images)
+        # Statistics of the images the model trains on, never of validation or test images;
+        # every 10th image gives them to 3 decimals at a tenth of the cost.
+        mean, std = channel_stats(train.images[::10])
     channels = train.images.shape[1]
     if len(mean) != channels or len(std) != channels:
         raise ConfigError(f"data.mean/data.std: need {channels} values (one per channel), got {len(mean)}/{len(std)}")
@@ -405,6 +408,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     distributed.check_batch(config.train.batch_size)
     task = task_for(config)
 
+    # The first optimiser imports torch._dynamo (~1 s); do that while the data loads.
+    threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True).start()
     prepared = prepare_data(config, data_root)
     _model_input_check(config, prepared)
     config.data.mean, config.data.std = prepared.mean, prepared.std  # resolved: saved with the run
