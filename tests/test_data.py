@@ -587,8 +587,8 @@ def test_channel_stats_matches_direct_computation() -> None:
     images = torch.randint(0, 256, (37, 3, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     mean, std = channel_stats(images, chunk=8)
     x = images.double() / 255
-    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
-    assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-9)
+    assert mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert std == pytest.approx(x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
     assert len(channel_stats(images[:, :1])[0]) == 1
 
 
