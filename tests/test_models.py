@@ -13,13 +13,8 @@ from cnnkit.models import MODELS, Corr2d, build_model, count_params
 from cnnkit.ops import corr2d
 from cnnkit.shapes import trace_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a torch thread pool only adds contention (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _expected_output(task: str, batch: int, channels: int, hw: tuple[int, int], num_classes: int):

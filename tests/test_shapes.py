@@ -31,13 +31,8 @@ PROPERTY = settings(max_examples=200, deadline=None)
 TORCH_REFUSES = (RuntimeError, ValueError)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: torch's thread pool only adds contention on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a torch thread pool only adds contention (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torch_hw(layer: nn.Module, h: int, w: int, channels: int = 1):
