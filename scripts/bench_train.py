@@ -50,6 +50,7 @@ def run_cnnkit_train(config: str, out_dir: Path, target: float, extra: list[str]
         "peak_test_acc": max(r["test_acc"] for r in rows),
         "final_test_acc": final_acc, "wall_s": time.time() - launched,
         "peak_rss_mib": usage.ru_maxrss / 1024, "stdout_tail": stdout.splitlines()[-3:],
+        "rows": rows, "launched": launched,
     }
 
 
@@ -220,6 +221,15 @@ def main() -> None:
             entry["textbook"] = book
             if book["time_to_target_s"] and entry["time_to_target_s"]:
                 entry["speedup_time_to_target"] = book["time_to_target_s"] / entry["time_to_target_s"]
+            else:
+                # The textbook loop did not reach the target in its budget: compare at the best
+                # accuracy it did reach, so the ratio is still measured, not guessed.
+                best = max(book["epochs"], key=lambda e: e["test_acc"])
+                ours = next((r for r in entry["rows"] if r["test_acc"] >= best["test_acc"]), None)
+                if ours is not None:
+                    entry["common_target"] = best["test_acc"]
+                    entry["speedup_at_common_target"] = best["elapsed_s"] / (ours["time"] - entry["launched"])
+                    entry["cnnkit_time_to_common_target_s"] = ours["time"] - entry["launched"]
         results["models"].append(entry)
     if args.choices:
         results["cpu_choices"] = [row for config in args.configs
@@ -240,6 +250,13 @@ def main() -> None:
                       fmt_s(book.get("time_to_target_s")) if book else "-",
                       f"{e['speedup_time_to_target']:.1f}×" if "speedup_time_to_target" in e else "-")
     console.print(table)
+    for e in results["models"]:
+        if "speedup_at_common_target" in e:
+            console.print(f"{e['model']}: the textbook loop peaked at {e['common_target']:.4f} test accuracy after "
+                          f"{max(x['elapsed_s'] for x in e['textbook']['epochs']):.0f} s without reaching "
+                          f"{args.target:.0%}; cnnkit reached {e['common_target']:.4f} in "
+                          f"{e['cnnkit_time_to_common_target_s']:.1f} s: "
+                          f"{e['speedup_at_common_target']:.1f}× faster to the same accuracy")
     if "cpu_choices" in results:
         choices = Table(title="CPU fast-path options (training, random data)")
         for col in ("model", "threads", "channels_last", "compile", "img/s", "warm-up s"):
