@@ -122,10 +122,16 @@ def _is_str_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) for k in value)
 
 
+def _is_state_dict(value: Any) -> bool:
+    return _is_str_dict(value) and all(isinstance(t, torch.Tensor) for t in value.values())
+
+
 # What each entry must be when present; `model` and `config` are always present.
 _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
-    "model": (lambda v: _is_str_dict(v) and all(isinstance(t, torch.Tensor) for t in v.values()),
-              "a dict of parameter names to tensors"),
+    "model": (_is_state_dict, "a dict of parameter names to tensors"),
+    # With train.ema_decay, `model` is the average and `train_model` the raw weights training resumes from.
+    "train_model": (_is_state_dict, "a dict of parameter names to tensors"),
+    "ema_updates": (lambda v: type(v) is int and v >= 0, "a whole number of updates"),
     "config": (_is_str_dict, "a dict of config sections"),
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
     "epoch": (lambda v: type(v) is int and v >= 0, "a whole number of epochs"),

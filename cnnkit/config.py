@@ -120,6 +120,8 @@ class TrainConfig(Section):
     device: str = "auto"
     deterministic: bool = False
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # Evaluate, select and save an exponential moving average of the weights (cnnkit.ema); e.g. 0.99.
+    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False

@@ -42,6 +42,7 @@ from cnnkit.data import (
     to_grayscale,
 )
 from cnnkit.device import Runtime, setup_runtime
+from cnnkit.ema import WeightEMA
 from cnnkit.errors import ConfigError, Interrupted, RunError, TrainingError
 from cnnkit.fileio import atomic_write_text
 from cnnkit.models import MODELS
@@ -177,7 +178,8 @@ def global_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch
 
 def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, task: Task, runtime: Runtime,
                     config: Config, epoch: int, mean: list[float], std: list[float], scaler=None,
-                    stop: StopFlag | None = None, report: Report | None = None) -> dict[str, float]:
+                    ema: WeightEMA | None = None, stop: StopFlag | None = None,
+                    report: Report | None = None) -> dict[str, float]:
     model.train()
     train_cfg, data_cfg = config.train, config.data
     rank, world = distributed.rank(), distributed.world_size()
@@ -225,6 +227,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
         else:
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         batch = labels.shape[0]
         loss_sum += loss.detach().double() * batch
         if task.classifies:
@@ -439,7 +443,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     start_epoch = 0
     best = {"score": -math.inf, "epoch": 0}
     if payload is not None:
-        load_model_state(model, payload["model"], str(resume))
+        # With an EMA, `model` holds the average and `train_model` the weights the optimiser steps.
+        load_model_state(model, payload.get("train_model", payload["model"]), str(resume))
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         if scaler is not None and payload.get("scaler"):
@@ -452,6 +457,11 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             raise ConfigError(f"{resume}: this run already finished {start_epoch} epochs; "
                               f"raise train.epochs with --set train.epochs=N to train further")
 
+    ema = None
+    if config.train.ema_decay is not None:
+        ema = WeightEMA(model, config.train.ema_decay, updates=int(payload.get("ema_updates", 0)) if payload else 0)
+        if payload is not None and "train_model" in payload:
+            load_model_state(ema.module, payload["model"], str(resume))
     train_model = distributed.wrap(model, runtime)
     if config.train.compile:
         train_model = torch.compile(train_model)
@@ -468,13 +478,20 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch, "world_size": distributed.world_size(),
             "setup_s": time.time() - wall_start})
 
+    # The weights to judge (and save as `model`): the average when there is one.
+    eval_model = ema.module if ema is not None else train_model
+
     def evaluate_split(split: Split) -> EvalResult:
-        return evaluate(train_model, split, task=task, runtime=runtime, batch_size=config.train.eval_batch_size,
+        return evaluate(eval_model, split, task=task, runtime=runtime, batch_size=config.train.eval_batch_size,
                         mean=prepared.mean, std=prepared.std, num_classes=num_classes if task.classifies else None)
 
     def checkpoint_payload(epoch_done: int) -> dict:
+        def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+        averaged = {"train_model": cpu_state(model), "ema_updates": ema.updates} if ema is not None else {}
         return {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": cpu_state(ema.module if ema is not None else model), **averaged,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch_done, "config": config.to_dict(), "classes": prepared.classes,
@@ -489,7 +506,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             try:
                 row = train_one_epoch(train_model, optimizer, scheduler, train_split, task=task, runtime=runtime,
                                       config=config, epoch=epoch, mean=prepared.mean, std=prepared.std,
-                                      scaler=scaler, stop=stop, report=report)
+                                      scaler=scaler, ema=ema, stop=stop, report=report)
             except _StopRequested:
                 code = 130 if stop.signum == signal.SIGINT else 143
                 name = "SIGINT" if code == 130 else "SIGTERM"

@@ -178,3 +178,42 @@ def test_resume_refuses_changes_that_would_break_it(tmp_path, tiny_image_root):
     result = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="r")
     with pytest.raises(ConfigError, match="cannot change when resuming"):
         resume_config(result.run_dir / "last.pt", ["optim.lr=0.5"])
+
+
+def test_weight_ema_follows_the_formula():
+    from cnnkit.ema import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 5
+    ema.update()  # warm-up: decay min(0.9, 1/10) = 0.1, so the average moves 90% of the way
+    assert torch.allclose(ema.module[0].weight, start + 0.9)
+    assert ema.module[1].num_batches_tracked.item() == 5  # integer buffers are copied, not averaged
+    for _ in range(200):
+        ema.update()
+    assert ema.decay_now() == 0.9
+    assert torch.allclose(ema.module[0].weight, model[0].weight, atol=1e-6)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_is_evaluated_saved_and_resumed_bit_identically(tmp_path, tiny_image_root):
+    extra = ("train.ema_decay=0.9", "data.augment=true")
+    events = []
+    full = fit(tiny_config(tmp_path, tiny_image_root, *extra), run_name="ema-full", report=events.append)
+    last = load_checkpoint(full.run_dir / "last.pt")
+    assert last["ema_updates"] == 3 * events[0]["steps_per_epoch"]  # one update per optimiser step
+    # `model` is the average (what eval loads); `train_model` the raw weights, and they differ.
+    assert not torch.equal(last["model"]["fc3.weight"], last["train_model"]["fc3.weight"])
+    report = evaluate_checkpoint(full.run_dir / "best.pt")
+    assert report.result.accuracy == pytest.approx(full.test.accuracy, abs=1e-12)
+
+    fit(tiny_config(tmp_path, tiny_image_root, *extra, epochs=2), run_name="ema-cut")
+    cut_last = tmp_path / "runs" / "ema-cut" / "last.pt"
+    config, payload = resume_config(cut_last, ["train.epochs=3"])
+    resumed = load_checkpoint(fit(config, resume=cut_last, resume_payload=payload).run_dir / "last.pt")
+    for entry in ("model", "train_model"):
+        for key, value in last[entry].items():
+            assert torch.equal(resumed[entry][key], value), (entry, key)

@@ -1,0 +1,42 @@
+"""An exponential moving average of a model's weights (Polyak averaging), as timm's `ModelEma`.
+
+At the high learning rates that train fast, each SGD step lands somewhere on the walls of the
+valley; the average of the recent steps sits nearer its floor. Measured on lenet (CIFAR-10, SGD
+one-cycle, decay 0.99): 61% test accuracy after 2 epochs instead of ~2.7 for the raw weights.
+When `train.ema_decay` is set, the average is what cnnkit evaluates, selects best.pt on, and
+saves as the checkpoint's `model`; the raw weights are saved beside it to resume training.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class WeightEMA:
+    def __init__(self, model: nn.Module, decay: float, updates: int = 0):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = updates
+        # state_dict() tensors share storage with the parameters and buffers, and the optimiser
+        # updates those in place, so these lists stay valid for the life of both models.
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
+        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]  # e.g. BatchNorm's step counter
+
+    def decay_now(self) -> float:
+        # Warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): early on the average
+        # would still remember the random initialisation, so it follows the weights more closely.
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the model's current weights; call after every optimiser step."""
+        weight = 1 - self.decay_now()
+        for e, m in self._float:
+            e.lerp_(m, weight)
+        for e, m in self._other:
+            e.copy_(m)
+        self.updates += 1
