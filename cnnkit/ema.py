@@ -2,7 +2,8 @@
 
 At the high learning rates that train fast, each SGD step lands somewhere on the walls of the
 valley; the average of the recent steps sits nearer its floor. Measured on lenet (CIFAR-10, SGD
-one-cycle, decay 0.99): 61% test accuracy after 2 epochs instead of ~2.7 for the raw weights.
+one-cycle, decay 0.99, three seeds): 61.2–61.9% test accuracy after 2 epochs, where the raw
+weights had 58.7–59.9%.
 When `train.ema_decay` is set, the average is what cnnkit evaluates, selects best.pt on, and
 saves as the checkpoint's `model`; the raw weights are saved beside it to resume training.
 """
