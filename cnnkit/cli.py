@@ -298,7 +298,8 @@ class _TrainView:
         print(f"{e['runtime']}{world}")
         split = f"train {e['train_n']:,}" + (f" / val {e['val_n']:,}" if e["val_n"] else "") + (
             f" / test {e['test_n']:,}" if e["test_n"] else "")
-        print(f"data: {e['source']}: {split}; ready in {e['setup_s']:.1f} s", flush=True)
+        # setup_s covers data, model and optimiser (whose first use imports torch._dynamo, ~2 s here).
+        print(f"data: {e['source']}: {split}; set-up {e['setup_s']:.1f} s", flush=True)
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
