@@ -1,7 +1,7 @@
 """Commands that look at what a model learned: eval, predict, runs, plot.
 
-Registered on the same typer `app` as cli.py; the same rules hold: parse, call one library
-function, render with rich, own the exit codes.
+Registered on the same typer `app` (cnnkit.cli.app) as every command; the same rules hold: parse,
+call one library function, render with rich, own the exit codes.
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli import _guard, _print_json, app, console
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+from cnnkit.cli.app import _guard, _print_json, _warn, app, console
 
 
 # ---------------------------------------------------------------------------------------------- eval

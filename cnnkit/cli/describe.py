@@ -1,79 +1,17 @@
-"""The command line: parse, call one library function, render with rich, own the exit codes.
-
-Library code raises `CnnkitError` subclasses; `_guard` turns them into one line on stderr and the
-error's exit code (2 for bad input). `cnnkit --debug ...` shows the traceback instead.
-"""
+"""Commands that describe without training: config show, models, shapes."""
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cnnkit import __version__
-from cnnkit.errors import CnnkitError
+from cnnkit.cli.app import ConfigOpt, SetOpt, _guard, _print_json, app, console
 
-app = typer.Typer(
-    name="cnnkit",
-    help="Train, evaluate and understand convolutional networks on CIFAR-10.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-# Piped output (CI logs, files) gets a wide page rather than rich's 80-column default, so that
-# tables stay one line per row; a terminal uses its own width.
-console = Console(width=None if sys.stdout.isatty() else 160)
-_state = {"debug": bool(os.environ.get("CNNKIT_DEBUG"))}
-
-
-def _guard(fn: Callable) -> Callable:
-    """Run a command; a CnnkitError becomes one line and its exit code, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CnnkitError as exc:
-            if _state["debug"]:
-                raise
-            message = " ".join(str(exc).split())  # one line, whatever the message held
-            print(f"error: {message}", file=sys.stderr, flush=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def _version(value: bool):
-    if value:
-        print(f"cnnkit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main_options(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (for developers)."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
-):
-    _state["debug"] = debug or bool(os.environ.get("CNNKIT_DEBUG"))
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2))
-
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/lenet.yaml.")
-SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value (repeatable).")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -266,126 +204,3 @@ def _single_layer(report, as_json: bool) -> None:
     _render_shapes(report, f"{row.type}")
 
 
-# ---------------------------------------------------------------------------------------------- train
-def _argv_without_nproc(argv: list[str]) -> list[str]:
-    """The same command line minus --nproc, for each worker process."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
-class _TrainView:
-    """Renders fit()'s events: a live progress bar on a terminal, one plain line per epoch always."""
-
-    def __init__(self, quiet: bool):
-        self.live = sys.stdout.isatty() and not quiet
-        self.progress = None
-        self.task_id = None
-
-    def __call__(self, event: dict) -> None:
-        getattr(self, f"on_{event['kind']}")(event)
-
-    def on_start(self, e: dict) -> None:
-        where = f"resuming after epoch {e['start_epoch']}" if e["start_epoch"] else "new run"
-        print(f"cnnkit train: {e['model']} ({e['params']:,} params), {where} → {e['run_dir']}")
-        world = f", {e['world_size']} processes" if e["world_size"] > 1 else ""
-        print(f"{e['runtime']}{world}")
-        split = f"train {e['train_n']:,}" + (f" / val {e['val_n']:,}" if e["val_n"] else "") + (
-            f" / test {e['test_n']:,}" if e["test_n"] else "")
-        # setup_s covers data, model and optimiser (whose first use imports torch._dynamo, ~2 s here).
-        print(f"data: {e['source']}: {split}; set-up {e['setup_s']:.1f} s", flush=True)
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                                     console=console, transient=True)
-            self.progress.start()
-            self.task_id = self.progress.add_task("train", total=e["steps_per_epoch"], epoch=e["start_epoch"] + 1,
-                                                  loss=float("nan"))
-
-    def on_step(self, e: dict) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task_id, completed=e["step"], total=e["steps"], epoch=e["epoch"], loss=e["loss"])
-
-    def on_epoch(self, e: dict) -> None:
-        parts = [f"epoch {e['epoch']:>3}", f"train_loss {e['train_loss']:.4f}"]
-        for key in ("train_acc", "val_acc", "test_acc"):
-            if key in e:
-                parts.append(f"{key} {e[key]:.4f}")
-        for key in ("val_mse", "test_mse"):
-            if key in e:
-                parts.append(f"{key} {e[key]:.3g}")
-        parts += [f"lr {e['lr']:.2e}", f"{e['epoch_s']:.1f}s", f"{e['images_per_s']:,.0f} img/s"]
-        line = "  ".join(parts) + ("  *" if e.get("best") else "")
-        if self.progress is not None:
-            self.progress.console.print(line, highlight=False, soft_wrap=True)
-            self.progress.reset(self.task_id, epoch=e["epoch"] + 1)
-        else:
-            print(line, flush=True)
-
-    def on_end(self, e: dict) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        r = e["result"]
-        if r.kernel is not None:
-            k = r.kernel
-            print(f"learned kernel: {[[round(v, 4) for v in row] for row in k]}  (target [[1, -1]])")
-        if r.test is not None and r.test.accuracy is not None:
-            print(f"best.pt (epoch {r.best_epoch}): test accuracy {r.test.accuracy:.4f}, loss {r.test.loss:.4f} "
-                  f"on {r.test.n:,} images — Acc: {r.test.accuracy:.2f}")
-        elif r.test is not None:
-            print(f"best.pt (epoch {r.best_epoch}): test MSE {r.test.mse:.3g} on {r.test.n:,} images")
-        print(f"run folder: {r.run_dir}  ({r.extra['wall_s']:.1f} s)")
-
-
-@app.command("train")
-@_guard
-def train_cmd(
-    config: Optional[Path] = ConfigOpt,
-    set_: Optional[list[str]] = SetOpt,
-    data_root: Optional[str] = typer.Option(None, "--data-root",
-                                            help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: config name + timestamp)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of that name."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain lines only, no progress bar."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torch.distributed.run)."),
-):
-    """Train a model: `cnnkit train --config configs/lenet.yaml`."""
-    from cnnkit.config import load_config
-    from cnnkit.train import fit, resume_config
-
-    if nproc > 1:
-        from cnnkit.distributed import launch
-
-        raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
-
-    if resume is not None:
-        cfg, payload = resume_config(resume, set_ or [])
-        fit(cfg, data_root=data_root, resume=resume, resume_payload=payload, report=_TrainView(quiet))
-        return
-    if config is None:
-        from cnnkit.errors import ConfigError
-
-        raise ConfigError("no config: pass --config configs/lenet.yaml (or --resume runs/NAME/last.pt)")
-    cfg = load_config(config, set_ or [])
-    fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
-
-
-# Commands that look at results (eval, predict, runs, plot) live in their own module.
-from cnnkit import cli_inspect  # noqa: E402,F401  (registers its commands on `app`)
-
-
-def main() -> None:
-    app(prog_name="cnnkit")
-
-
-if __name__ == "__main__":
-    main()

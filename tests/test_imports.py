@@ -1,0 +1,150 @@
+"""The import graph of cnnkit/ has no cycles, and every entry point lists every command.
+
+Edges come from the AST of every module under cnnkit/: each `import cnnkit.x` and
+`from cnnkit.x import y` anywhere in the file, at module level or inside a function. Lazy imports
+count too: a cycle that only works because one side imports late is still a cycle a reader has
+to untangle, and one refactor away from an ImportError.
+
+An edge goes to the module named (`from cnnkit.data import cache` names the module
+cnnkit.data.cache; `from cnnkit.data import Split` names the package cnnkit.data). Importing a
+submodule also runs its parent package's __init__, but that implicit edge is not counted: a
+package that re-exports its submodules' names is the usual layout, and it only breaks when a
+submodule imports the package itself, which is an explicit edge and is caught.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "cnnkit"
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_edges(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The cnnkit modules that the module `name` (with text `source`) imports."""
+    edges = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                package = name if is_package else name.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            # `from a import b` imports the module a.b when there is one, else a name from a.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            # `import cnnkit.a.b` names cnnkit.a.b; keep the longest prefix that is one of ours.
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+    return edges
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module name → the modules it imports, for every .py file under `root` (a package folder)."""
+    files = {module_name(p, root.parent): p for p in sorted(root.rglob("*.py"))}
+    modules = set(files)
+    return {name: import_edges(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
+            for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None. Depth-first search with white/grey/black marks."""
+    state: dict[str, int] = {}  # absent: unseen, 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------- the detector
+
+
+def test_find_cycle_on_small_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b", "c"}, "b": {"d"}, "c": {"d"}, "d": set()}) is None  # a diamond is fine
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": {"y"}, "y": {"y2"}, "y2": {"y"}}) == ["y", "y2", "y"]
+
+
+def test_edges_count_lazy_relative_and_submodule_imports(tmp_path: Path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    import pkg.sub.c  # lazy\n")
+    (pkg / "sub" / "__init__.py").write_text("from pkg.sub.c import thing\n")
+    (pkg / "sub" / "c.py").write_text("from ..a import x\nthing = 1\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.b"}
+    assert graph["pkg.b"] == {"pkg.sub.c"}
+    assert graph["pkg.sub"] == {"pkg.sub.c"}
+    assert graph["pkg.sub.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+
+
+# ---------------------------------------------------------------------------------------- cnnkit
+
+
+def test_cnnkit_has_no_import_cycles():
+    graph = import_graph(PACKAGE)
+    assert "cnnkit.cli.app" in graph and graph["cnnkit.cli.app"] <= {"cnnkit", "cnnkit.errors"}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+COMMANDS = ("models", "train", "eval", "predict", "runs", "plot", "config", "shapes")
+
+
+@pytest.mark.parametrize("entry", [["-m", "cnnkit"], ["-m", "cnnkit.cli"]])
+def test_every_entry_point_lists_every_command(entry: list[str]):
+    out = subprocess.run([sys.executable, *entry, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[1] for line in out.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 1}
+    assert set(COMMANDS) <= listed, out.stdout
+    # A command registered by a module other than the first one must reach this entry point too.
+    sub = subprocess.run([sys.executable, *entry, "eval", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert sub.returncode == 0 and "--checkpoint" in sub.stdout, sub.stdout + sub.stderr
+
+
+def test_console_script_lists_every_command():
+    script = Path(sys.executable).parent / "cnnkit"
+    if not script.exists():
+        pytest.skip("the cnnkit console script is not installed next to this python")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert all(f"│ {command} " in out.stdout for command in COMMANDS), out.stdout
