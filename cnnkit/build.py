@@ -5,19 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from cnnkit.config import Config
+from cnnkit.data.datasets import DATASETS
 from cnnkit.errors import ConfigError
 from cnnkit.models import build_model
-
-# The seed's striped picture is 6×8; CIFAR-10 images are 32×32.
-DATASET_SIZES = {"cifar10": (32, 32), "stripes": (6, 8)}
-DATASET_CLASSES = {"cifar10": 10, "stripes": 1}
 
 
 def input_shape(config: Config) -> tuple[int, int, int]:
     """(C, H, W) the model sees: from model.* when set, else from the data section."""
-    data = config.data
-    channels = 1 if (data.grayscale or data.dataset == "stripes") else 3
-    size = DATASET_SIZES[data.dataset]
+    dataset = DATASETS[config.data.dataset]
+    channels = 1 if config.data.grayscale else dataset.channels
+    size = dataset.input_size
     channels = config.model.in_channels or channels
     size = tuple(config.model.input_size) if config.model.input_size else size
     return (channels, *size)  # type: ignore[return-value]
@@ -32,6 +29,6 @@ def model_from_config(config: Config, num_classes: int | None = None) -> nn.Modu
     if clash:
         raise ConfigError(f"model.kwargs.{clash[0]}: set model.{clash[0]} instead of passing it in model.kwargs")
     channels, height, width = input_shape(config)
-    classes = config.model.num_classes or num_classes or DATASET_CLASSES[config.data.dataset]
+    classes = config.model.num_classes or num_classes or DATASETS[config.data.dataset].num_classes
     return build_model(config.model.name, in_channels=channels, num_classes=classes,
                        input_size=(height, width), **config.model.kwargs)

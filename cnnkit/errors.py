@@ -47,3 +47,8 @@ class Interrupted(CnnkitError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a short phrase on one line (error messages must stay one line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

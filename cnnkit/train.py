@@ -29,18 +29,7 @@ from cnnkit import distributed
 from cnnkit.build import input_shape, model_from_config
 from cnnkit.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from cnnkit.config import Config, config_from_dict, load_config, parse_override
-from cnnkit.data import (
-    Split,
-    augment_batch,
-    channel_stats,
-    epoch_permutation,
-    load_cifar10,
-    normalize,
-    resolve_data_root,
-    split_train_val,
-    take_subset,
-    to_grayscale,
-)
+from cnnkit.data import Prepared, Split, augment_batch, epoch_permutation, normalize, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.ema import WeightEMA
 from cnnkit.errors import ConfigError, Interrupted, RunError, TrainingError
@@ -53,62 +42,6 @@ Report = Callable[[dict[str, Any]], None]
 
 # The edge toy learns this kernel: a horizontal difference, +1 then −1 (seed 000).
 EDGE_KERNEL = torch.tensor([[1.0, -1.0]])
-
-
-# ---------------------------------------------------------------------------------------- the data
-
-
-@dataclass
-class Prepared:
-    train: Split
-    val: Split | None
-    test: Split | None
-    classes: list[str]
-    source: str
-    mean: list[float]
-    std: list[float]
-
-
-def stripes_image() -> torch.Tensor:
-    """The seed's 6×8 picture: white (1) with the middle four columns black (0), as uint8."""
-    x = torch.full((6, 8), 255, dtype=torch.uint8)
-    x[:, 2:6] = 0
-    return x.reshape(1, 1, 6, 8)  # (1, 1, 6, 8)
-
-
-def prepare_data(config: Config, data_root: str | None = None) -> Prepared:
-    data = config.data
-    if data.dataset == "stripes":
-        split = Split(stripes_image(), torch.zeros(1, dtype=torch.int64))
-        return Prepared(split, None, split, ["stripes"], "the seed's 6×8 striped picture", [0.0], [1.0])
-    root = resolve_data_root(data_root, data.root)
-    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else None
-    loaded = load_cifar10(root, cache_dir=cache_dir, download=data.download)
-    train, test = loaded.train, loaded.test
-    if data.grayscale:
-        train = Split(to_grayscale(train.images), train.labels)
-        test = Split(to_grayscale(test.images), test.labels)
-    if data.subset:
-        train, test = take_subset(train, data.subset), take_subset(test, data.subset)
-    if data.val_split >= len(train):
-        raise ConfigError(f"data.val_split={data.val_split}: must be less than the {len(train)} training images")
-    train, val = split_train_val(train, data.val_split, config.train.seed)
-    if data.mean is not None and data.std is not None:
-        mean, std = data.mean, data.std
-    else:
-        # Statistics of the images the model trains on, never of validation or test images;
-        # every 10th image gives them to 3 decimals at a tenth of the cost.
-        mean, std = channel_stats(train.images[::10])
-    channels = train.images.shape[1]
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"data.mean/data.std: need {channels} values (one per channel), got {len(mean)}/{len(std)}")
-    return Prepared(train, val, test, loaded.classes, loaded.source, list(mean), list(std))
-
-
-def to_device(split: Split | None, device: torch.device) -> Split | None:
-    if split is None:
-        return None
-    return Split(split.images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True))
 
 
 # ---------------------------------------------------------------------------------------- the tasks

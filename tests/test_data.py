@@ -15,7 +15,8 @@ import torch
 from conftest import make_batches_dir, make_image_folder, make_tiny_arrays
 from PIL import Image
 
-import cnnkit.data as data_mod
+import cnnkit.data.image_folder as image_folder_mod
+import cnnkit.data.sources as sources_mod
 from cnnkit.data import (
     CIFAR10_CLASSES,
     CifarData,
@@ -179,7 +180,7 @@ def test_extensions_are_case_insensitive_and_other_files_ignored(tmp_path: Path)
 
 def test_parallel_decode_matches_serial(tiny_image_root: Path, tmp_path: Path, monkeypatch) -> None:
     serial = load_cifar10(tiny_image_root, cache_dir=tmp_path / "c1")
-    monkeypatch.setattr(data_mod, "PARALLEL_MIN_IMAGES", 0)
+    monkeypatch.setattr(image_folder_mod, "PARALLEL_MIN_IMAGES", 0)
     parallel = load_cifar10(tiny_image_root, cache_dir=tmp_path / "c2")
     assert torch.equal(serial.train.images, parallel.train.images)
     assert torch.equal(serial.test.labels, parallel.test.labels)
@@ -373,7 +374,7 @@ def test_empty_class_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_image(tmp_path: Path, monkeypatch, damage: str, parallel: bool) -> None:
     if parallel:  # the error must cross the process pool intact
-        monkeypatch.setattr(data_mod, "PARALLEL_MIN_IMAGES", 0)
+        monkeypatch.setattr(image_folder_mod, "PARALLEL_MIN_IMAGES", 0)
     make_image_folder(tmp_path, 2, 1, classes=["a", "b"])
     bad = tmp_path / "train" / "b" / "0001.png"
     bad.write_bytes(os.urandom(200) if damage == "garbage" else bad.read_bytes()[:120])
@@ -444,7 +445,7 @@ def test_download_failure_says_where_and_how(tmp_path: Path, monkeypatch) -> Non
     def no_network(root, train):
         raise RuntimeError("Error downloading cifar-10-python.tar.gz:\n  [Errno -3] no network")
 
-    monkeypatch.setattr(data_mod, "_download_split", no_network)
+    monkeypatch.setattr(sources_mod, "_download_split", no_network)
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "dl", download=True)
     assert_one_line(info, str(tmp_path / "dl"), "download failed", "no network", *HOW_TO)
@@ -455,7 +456,7 @@ def test_download_success_is_then_read_like_any_copy(tmp_path: Path, monkeypatch
         if not (root / "cifar-10-batches-py").exists():
             make_batches_dir(root, n_train_per_class=1, n_test_per_class=1)
 
-    monkeypatch.setattr(data_mod, "_download_split", fake_download)
+    monkeypatch.setattr(sources_mod, "_download_split", fake_download)
     d = load_cifar10(tmp_path / "dl", download=True)
     assert (len(d.train), len(d.test)) == (10, 10)
 
@@ -467,7 +468,7 @@ def test_download_with_no_root_goes_to_the_cache_dir(tmp_path: Path, monkeypatch
         seen.append(root)
         make_batches_dir(root, n_train_per_class=1, n_test_per_class=1)
 
-    monkeypatch.setattr(data_mod, "_download_split", fake_download)
+    monkeypatch.setattr(sources_mod, "_download_split", fake_download)
     load_cifar10(None, cache_dir=tmp_path / "c", download=True)
     assert seen[0] == tmp_path / "c" / "downloads"
 

@@ -428,7 +428,7 @@ def test_malicious_checkpoint_runs_nothing(tmp_path: Path, writer, payload, wher
 def test_cifar_batch_reader_is_restricted() -> None:
     # The batch reader's own malicious-pickle tests live in test_data.py; this pins that it keeps
     # a restricted unpickler whose allow-list holds only what the format needs.
-    from cnnkit import data
+    from cnnkit.data import batches as data
 
     assert issubclass(data._RestrictedUnpickler, pickle.Unpickler)
     assert "find_class" in vars(data._RestrictedUnpickler)

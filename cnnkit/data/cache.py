@@ -1,0 +1,81 @@
+"""The decoded-tensor cache: one keyed file per source folder, so later runs start in under a second."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from cnnkit.data.splits import CifarData, Split
+from cnnkit.errors import CnnkitError
+from cnnkit.fileio import atomic_write
+
+# Bump when the cache layout or the decoding changes, so old cache files are rebuilt.
+CACHE_FORMAT = 1
+CACHE_KEYS = {"format", "key", "classes", "train_images", "train_labels", "test_images", "test_labels"}
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CNNKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnkit"
+
+
+def _cache_key(source_dir: Path, listing: list[tuple[str, int, int]]) -> str:
+    # repr of (str, int, int) tuples is exact and unambiguous, and fast for 60k entries.
+    return hashlib.sha256(repr((CACHE_FORMAT, str(source_dir), listing)).encode()).hexdigest()
+
+
+def _cache_path(cache_dir: Path, source_dir: Path) -> Path:
+    # One file per source folder: a changed source overwrites its cache instead of piling up.
+    name = hashlib.sha256(str(source_dir).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"cifar10-{name}.pt"
+
+
+def _read_cache(path: Path, key: str) -> CifarData | None:
+    """The cached tensors if `path` is a complete cache for `key`; None means rebuild."""
+    if not path.is_file():
+        return None
+    try:
+        # mmap: the tensors are paged in from the file on use, so a hit costs milliseconds.
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(blob, dict) or set(blob) != CACHE_KEYS:
+            return None
+        if blob["format"] != CACHE_FORMAT or blob["key"] != key:
+            return None
+        classes = blob["classes"]
+        splits = []
+        for name in ("train", "test"):
+            images, labels = blob[f"{name}_images"], blob[f"{name}_labels"]
+            ok = (
+                isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+                and isinstance(labels, torch.Tensor) and labels.dtype == torch.int64
+                and labels.shape == images.shape[:1] and len(labels) > 0
+                and 0 <= int(labels.min()) and int(labels.max()) < len(classes)
+            )
+            if not ok:
+                return None
+            splits.append(Split(images, labels))
+        if splits[0].images.shape[1:] != splits[1].images.shape[1:]:
+            return None
+    except Exception:  # torn or foreign file: rebuilding is always safe
+        return None
+    return CifarData(splits[0], splits[1], list(classes), source="")
+
+
+def _write_cache(path: Path, key: str, data: CifarData) -> bool:
+    blob = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "classes": list(data.classes),
+        "train_images": data.train.images,
+        "train_labels": data.train.labels,
+        "test_images": data.test.images,
+        "test_labels": data.test.labels,
+    }
+    try:
+        atomic_write(path, lambda f: torch.save(blob, f))
+    except (CnnkitError, OSError):  # a read-only or full cache folder only costs speed
+        return False
+    return True

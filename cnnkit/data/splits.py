@@ -1,0 +1,96 @@
+"""The splits of a dataset and how to cut them: train/val hold-out, balanced subsets, epoch order.
+
+Every choice is a function of (data, size, seed), never of hidden generator state, so a resumed
+run or another DDP rank makes the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from cnnkit.errors import DataError
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8, contiguous
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+@dataclass
+class CifarData:
+    train: Split
+    test: Split
+    classes: list[str]
+    source: str  # one human line: where the data came from and whether the cache was used
+
+
+def _balanced_quotas(counts: list[int], n: int) -> list[int]:
+    """Split `n` over classes as equally as their sizes allow; leftovers go to the lowest labels."""
+    quotas = [0] * len(counts)
+    remaining = n
+    while remaining > 0:
+        open_classes = [c for c in range(len(counts)) if quotas[c] < counts[c]]
+        share = remaining // len(open_classes)
+        if share == 0:
+            for c in open_classes[:remaining]:
+                quotas[c] += 1
+            break
+        for c in open_classes:
+            take = min(share, counts[c] - quotas[c])
+            quotas[c] += take
+            remaining -= take
+    return quotas
+
+
+def _class_counts(labels: torch.Tensor) -> list[int]:
+    return torch.bincount(labels.cpu()).tolist()
+
+
+def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    """Hold out `val_size` images, the same number per class as far as possible, picked at random."""
+    if val_size == 0:
+        return train, None
+    if not 0 <= val_size < len(train):
+        raise DataError(f"val_size {val_size} is out of range: it must be between 0 and {len(train) - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    labels = train.labels.cpu()  # (N,)
+    is_val = torch.zeros(len(train), dtype=torch.bool)  # (N,)
+    for c, quota in enumerate(_balanced_quotas(_class_counts(labels), val_size)):
+        members = torch.nonzero(labels == c).squeeze(1)  # (n_c,)
+        chosen = members[torch.randperm(len(members), generator=generator)[:quota]]
+        is_val[chosen] = True
+    # Both parts keep the original order, so the result depends only on (data, val_size, seed).
+    is_val = is_val.to(train.labels.device)
+    return (
+        Split(train.images[~is_val], train.labels[~is_val]),
+        Split(train.images[is_val], train.labels[is_val]),
+    )
+
+
+def take_subset(split: Split, n: int) -> Split:
+    """The first `n` images, keeping classes balanced: each class gives its first ~n/K images."""
+    if n >= len(split):
+        return split
+    if n < 0:
+        raise DataError(f"subset size {n} is negative: it must be between 0 and {len(split)}")
+    labels = split.labels.cpu()  # (N,)
+    keep = torch.zeros(len(split), dtype=torch.bool)  # (N,)
+    for c, quota in enumerate(_balanced_quotas(_class_counts(labels), n)):
+        keep[torch.nonzero(labels == c).squeeze(1)[:quota]] = True
+    keep = keep.to(split.labels.device)
+    return Split(split.images[keep], split.labels[keep])
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run or another
+    DDP rank computes the same one without sharing any generator state."""
+    digest = hashlib.sha256(f"cnnkit-epoch:{seed}:{epoch}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.randperm(n, generator=generator)  # (n,) int64
