@@ -33,8 +33,8 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 
     rows = []
     for name, entry in MODELS.items():
-        channels = 1 if entry.task == "edge" else 3
-        rows.append({"name": name, "task": entry.task, "params": count_params(build_model(name, in_channels=channels)),
+        rows.append({"name": name, "task": entry.task,
+                     "params": count_params(build_model(name, in_channels=entry.channels)),
                      "summary": entry.summary})
     if as_json:
         return _print_json(rows)
