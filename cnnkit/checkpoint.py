@@ -2,7 +2,7 @@
 
 `torch.load(weights_only=True)` refuses any pickle that names a class or function outside torch's
 tensor allow-list, so a hostile file cannot run code; everything we store is tensors, numbers,
-strings, lists and dicts.
+strings, lists and dicts. `model_from_checkpoint` is the one way back from a file to a model.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import io
 import pickle
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ import torch
 from torch import nn
 
 from cnnkit import __version__
-from cnnkit.config import check_plain_data
+from cnnkit.build import model_from_config
+from cnnkit.config import Config, check_plain_data, config_from_dict
+from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.fileio import atomic_write
+from cnnkit.tasks import Task, task_for
 
 FORMAT_VERSION = 1
 
@@ -182,3 +186,40 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         raise CheckpointError(f"{source}: weights do not fit this model: {'; '.join(problems)}; "
                               "the checkpoint is from another model or class count")
     model.load_state_dict(state)
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model rebuilt from its own config, on `runtime.device`, in eval mode."""
+
+    path: Path
+    model: nn.Module
+    config: Config
+    task: Task
+    classes: list[str]  # empty when the checkpoint names none
+    runtime: Runtime  # always fp32: eval and predict report the numbers of the saved weights
+    payload: dict[str, Any]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.payload.get("epoch", 0))
+
+
+def model_from_checkpoint(path: str | Path, device: str = "auto", *, refuse: tuple[str, ...] = ()) -> LoadedModel:
+    """Load a checkpoint and rebuild its model (the averaged weights, with an EMA) and runtime.
+
+    `refuse` names features the caller is about to use (e.g. "tta", "predict"): a task that cannot
+    do one raises a CheckpointError before any weights are built.
+    """
+    path = Path(path)
+    payload = load_checkpoint(path)
+    config = config_from_dict(payload["config"], f"{path} (its saved config)")
+    task = task_for(config)
+    for feature in refuse:
+        task.refuse(feature, path, config.model.name)
+    runtime = setup_runtime(device, "fp32", config.train.threads, config.train.channels_last)
+    classes = list(payload.get("classes") or [])
+    model = model_from_config(config, len(classes) or None)
+    load_model_state(model, payload["model"], str(path))
+    model = model.to(runtime.device, memory_format=runtime.memory_format).eval()
+    return LoadedModel(path, model, config, task, classes, runtime, payload)

@@ -1,13 +1,15 @@
-"""`cnnkit eval`: rebuild a model from its checkpoint's own config and measure it on the test set.
+"""Measuring a model: batched `evaluate` (also with test-time augmentation) and `cnnkit eval`'s checkpoint report.
 
 Beyond accuracy and the confusion matrix: a classification report (precision, recall, F1 per
 class, from the confusion matrix), the most-confused class pairs, optional test-time augmentation
-(TTA), and the pictures (`confusion.png`, or `edges.png` for the edge toy) beside the checkpoint.
+(TTA: the same batching loop, outputs averaged over a list of views), and the pictures
+(`confusion.png`, or `edges.png` for the edge toy) beside the checkpoint. Nothing here trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +17,86 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.build import model_from_config
-from cnnkit.checkpoint import load_checkpoint, load_model_state
-from cnnkit.config import config_from_dict
-from cnnkit.data import Split
-from cnnkit.device import Runtime, setup_runtime
-from cnnkit.errors import CheckpointError, RunError
-from cnnkit.train import EvalResult, Task, edge_kernel, evaluate, prepare_data, task_for, to_device
+from cnnkit import distributed
+from cnnkit.checkpoint import model_from_checkpoint
+from cnnkit.data import Split, prepare_data, to_device
+from cnnkit.device import Runtime
+from cnnkit.errors import RunError
+from cnnkit.metrics import EvalResult, classification_report, most_confused
+from cnnkit.tasks import Task
+
+# classification_report and most_confused live in cnnkit.metrics; eval's callers find them here too.
+__all__ = ["CheckpointEval", "TTAResult", "classification_report", "evaluate", "evaluate_checkpoint",
+           "most_confused", "tta_views"]
+
+View = Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, C, H, W) → uint8 (B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, *, task: Task, runtime: Runtime, batch_size: int,
+             mean: list[float], std: list[float], num_classes: int | None = None,
+             views: Sequence[View] | None = None) -> EvalResult:
+    """Loss and accuracy (or MSE) over a whole split; sharded over DDP ranks, summed across them.
+
+    With `views` (the first one the original), each batch's outputs are averaged over the views
+    before they are scored: test-time augmentation through the same loop.
+    """
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    meter = task.meter(num_classes or 1, runtime.device)
+    n = len(split)
+    rank, world = distributed.rank(), distributed.world_size()
+    for lo in range(rank * batch_size, n, batch_size * world):
+        images = split.images[lo: lo + batch_size]  # (B, C, H, W) uint8
+        labels = split.labels[lo: lo + batch_size]  # (B,)
+        outputs, targets = _forward(model, images, labels, task, runtime, mean, std, views)
+        meter.update(outputs, targets, labels)
+    model.train(was_training)
+    result = meter.result(n)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, task: Task, runtime: Runtime,
+             mean: list[float], std: list[float], views: Sequence[View] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs averaged over the views, targets of the original view) for one uint8 batch."""
+    total = targets = None
+    for view in views or [None]:
+        shown = images if view is None else view(images)  # (B, C, H, W) uint8
+        inputs = task.inputs(shown, mean, std).contiguous(memory_format=runtime.memory_format)  # (B, C, H, W)
+        if targets is None:
+            targets = task.targets(inputs, labels)
+        with runtime.autocast():
+            outputs = model(inputs).float()  # (B, K) logits, or (B, 1, H, W−1) for the edge toy
+        total = outputs if total is None else total + outputs
+    return (total / len(views) if views and len(views) > 1 else total), targets
+
+
+# ---------------------------------------------------------------------------------------- TTA
+
+
+def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move the picture by (dy, dx) pixels, zero-filling the edge (as the training crop pads)."""
+    _, _, h, w = images.shape
+    padded = F.pad(images, (1, 1, 1, 1))  # (B, C, H+2, W+2)
+    return padded[:, :, 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]  # (B, C, H, W)
+
+
+def tta_views(shift: bool) -> dict[str, View]:
+    """Name → uint8 batch transform. Flip always; with `shift`, ±1-pixel moves of both."""
+    views = {"original": lambda x: x, "flip": lambda x: x.flip(-1)}
+    if shift:
+        for dy, dx, name in ((0, 1, "+1x"), (0, -1, "-1x"), (1, 0, "+1y"), (-1, 0, "-1y")):
+            views[f"shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x, dy, dx)
+            views[f"flip+shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x.flip(-1), dy, dx)
+    return views
+
+
+# ---------------------------------------------------------------------------------------- eval
 
 
 @dataclass
@@ -41,6 +116,7 @@ class CheckpointEval:
     result: EvalResult
     kernel: list[list[float]] | None
     runtime: str
+    task: Task
     tta: TTAResult | None = None
     plots: list[Path] = field(default_factory=list)  # pictures written beside the checkpoint
     warnings: list[str] = field(default_factory=list)  # e.g. a picture that could not be written
@@ -53,133 +129,15 @@ class CheckpointEval:
     def most_confused(self, top: int = 5) -> list[dict]:
         return most_confused(self.result.confusion, self.classes, top) if self.result.confusion is not None else []
 
+    @property
+    def title(self) -> str:
+        return f"{self.model}, {self.checkpoint.name} (epoch {self.epoch})"
+
     def to_dict(self) -> dict:
-        r = self.result
-        if r.accuracy is None:
-            data = {"kernel": self.kernel, "mse": r.mse, "n": r.n}
-        else:
-            data = {
-                "accuracy": r.accuracy, "loss": r.loss, "n": r.n,
-                "per_class": dict(zip(self.classes, r.per_class, strict=True)),
-                "confusion": r.confusion.tolist(),
-                # Added in issue 6; the keys above keep their meaning.
-                "report": self.report,
-                "most_confused": self.most_confused(),
-            }
-            if self.tta is not None:
-                data["tta_accuracy"] = self.tta.accuracy
-                data["tta_loss"] = self.tta.loss
-                data["tta_views"] = self.tta.views
+        data = self.task.eval_dict(self)
         if self.plots:
             data["plots"] = [str(p) for p in self.plots]
         return data
-
-
-# ---------------------------------------------------------------------------------------- metrics
-
-
-def classification_report(confusion: torch.Tensor, classes: list[str]) -> dict:
-    """Precision, recall, F1 and support per class, plus macro and weighted averages.
-
-    From the confusion matrix (rows true class, columns predicted). A class never predicted has
-    precision 0 (sklearn's zero_division=0); the averages cover the classes that occur in the
-    test set or in the predictions, as sklearn's do.
-    """
-    c = confusion.to(torch.float64)  # (K, K)
-    tp = c.diag()  # (K,)
-    support = c.sum(dim=1)  # (K,) true images per class
-    predicted = c.sum(dim=0)  # (K,) images predicted as each class
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
-    present = (support > 0) | (predicted > 0)  # (K,)
-    weights = support / support.sum().clamp(min=1)
-
-    def average(values: torch.Tensor, weighted: bool) -> float:
-        if weighted:
-            return (values * weights).sum().item()
-        return values[present].mean().item() if present.any() else 0.0
-
-    per_class = {
-        name: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-               "support": int(support[i].item())}
-        for i, name in enumerate(classes)
-    }
-    n = int(support.sum().item())
-    return {
-        "per_class": per_class,
-        "macro_avg": {"precision": average(precision, False), "recall": average(recall, False),
-                      "f1": average(f1, False), "support": n},
-        "weighted_avg": {"precision": average(precision, True), "recall": average(recall, True),
-                         "f1": average(f1, True), "support": n},
-        "accuracy": tp.sum().item() / max(n, 1),
-    }
-
-
-def most_confused(confusion: torch.Tensor, classes: list[str], top: int = 5) -> list[dict]:
-    """The `top` largest off-diagonal cells: (true, predicted, count, share of the true class)."""
-    c = confusion.clone().to(torch.int64)  # (K, K)
-    c.fill_diagonal_(0)
-    support = confusion.sum(dim=1)  # (K,)
-    counts, flat = c.flatten().sort(descending=True, stable=True)
-    k = c.shape[1]
-    pairs = []
-    for count, index in zip(counts.tolist(), flat.tolist(), strict=True):
-        if count == 0 or len(pairs) >= top:
-            break
-        i, j = divmod(index, k)
-        pairs.append({"true": classes[i], "predicted": classes[j], "count": count,
-                      "fraction": count / max(int(support[i]), 1)})
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------- TTA
-
-
-def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Move the picture by (dy, dx) pixels, zero-filling the edge (as the training crop pads)."""
-    _, _, h, w = images.shape
-    padded = F.pad(images, (1, 1, 1, 1))  # (B, C, H+2, W+2)
-    return padded[:, :, 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]  # (B, C, H, W)
-
-
-def tta_views(shift: bool) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Name → uint8 batch transform. Flip always; with `shift`, ±1-pixel moves of both."""
-    views = {"original": lambda x: x, "flip": lambda x: x.flip(-1)}
-    if shift:
-        for dy, dx, name in ((0, 1, "+1x"), (0, -1, "-1x"), (1, 0, "+1y"), (-1, 0, "-1y")):
-            views[f"shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x, dy, dx)
-            views[f"flip+shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x.flip(-1), dy, dx)
-    return views
-
-
-@torch.inference_mode()
-def tta_evaluate(model: nn.Module, split: Split, *, task: Task, runtime: Runtime, batch_size: int,
-                 mean: list[float], std: list[float], shift: bool = False) -> TTAResult:
-    """Accuracy from logits averaged over the views, and from the original view alone."""
-    model.eval()
-    views = tta_views(shift)
-    n = len(split)
-    correct_tta = correct_plain = 0
-    loss_sum = 0.0
-    for lo in range(0, n, batch_size):
-        images = split.images[lo: lo + batch_size]  # (B, C, H, W) uint8
-        labels = split.labels[lo: lo + batch_size]  # (B,)
-        total = None
-        for name, view in views.items():
-            inputs = task.inputs(view(images), mean, std).contiguous(memory_format=runtime.memory_format)
-            logits = model(inputs).float()  # (B, K)
-            if name == "original":
-                correct_plain += (logits.argmax(dim=1) == labels).sum().item()
-            total = logits if total is None else total + logits
-        mean_logits = total / len(views)  # (B, K)
-        correct_tta += (mean_logits.argmax(dim=1) == labels).sum().item()
-        loss_sum += F.cross_entropy(mean_logits, labels, reduction="sum").item()
-    return TTAResult(list(views), correct_tta / n, loss_sum / n, correct_plain / n)
-
-
-# ---------------------------------------------------------------------------------------- eval
 
 
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
@@ -190,58 +148,27 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     `tta_shift` implies `tta`. A picture that cannot be written is a warning, not a failure: the
     numbers are what the user asked for.
     """
-    path = Path(path)
-    payload = load_checkpoint(path)
-    config = config_from_dict(payload["config"], f"{path} (its saved config)")
-    runtime = setup_runtime(device, "fp32", config.train.threads, config.train.channels_last)
-    task = task_for(config)
-    if (tta or tta_shift) and not task.classifies:
-        raise CheckpointError(f"{path}: an edge-detector checkpoint has no classes to average; "
-                              "--tta applies to classifiers, drop it for this one")
+    loaded = model_from_checkpoint(path, device, refuse=("tta",) if tta or tta_shift else ())
+    config, task, runtime = loaded.config, loaded.task, loaded.runtime
     prepared = prepare_data(config, data_root)
-    classes = list(payload.get("classes") or prepared.classes)
-    model = model_from_config(config, len(classes) if task.classifies else None)
-    load_model_state(model, payload["model"], str(path))
-    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    classes = loaded.classes or list(prepared.classes)
     test = to_device(prepared.test, runtime.device)
-    batch = batch_size or config.train.eval_batch_size
-    result = evaluate(model, test, task=task, runtime=runtime, batch_size=batch,
-                      mean=prepared.mean, std=prepared.std, num_classes=len(classes) if task.classifies else None)
-    report = CheckpointEval(path, config.model.name, int(payload.get("epoch", 0)), classes, result,
-                            edge_kernel(model), runtime.describe())
+
+    def measure(views: Sequence[View] | None = None) -> EvalResult:
+        return evaluate(loaded.model, test, task=task, runtime=runtime,
+                        batch_size=batch_size or config.train.eval_batch_size, mean=prepared.mean,
+                        std=prepared.std, num_classes=len(classes), views=views)
+
+    result = measure()
+    report = CheckpointEval(loaded.path, config.model.name, loaded.epoch, classes, result,
+                            task.learned_kernel(loaded.model), runtime.describe(), task)
     if tta or tta_shift:
-        report.tta = tta_evaluate(model, test, task=task, runtime=runtime, batch_size=batch,
-                                  mean=prepared.mean, std=prepared.std, shift=tta_shift)
+        views = tta_views(tta_shift)
+        averaged = measure(list(views.values()))
+        report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy)
     if plots_dir is not None:
-        _draw(report, model, test, task, prepared.mean, prepared.std, Path(plots_dir))
+        try:
+            report.plots.append(task.draw(report, loaded.model, test, prepared.mean, prepared.std, Path(plots_dir)))
+        except RunError as exc:
+            report.warnings.append(f"{exc}; the numbers above are unaffected")
     return report
-
-
-def _draw(report: CheckpointEval, model: nn.Module, test: Split, task: Task, mean: list[float],
-          std: list[float], folder: Path) -> None:
-    from cnnkit import plots
-
-    r = report.result
-    title = f"{report.model}, {report.checkpoint.name} (epoch {report.epoch})"
-    try:
-        if r.confusion is not None:
-            report.plots.append(plots.write_confusion(
-                r.confusion, report.classes, folder / "confusion.png",
-                title=f"{title}: test accuracy {r.accuracy:.2%} on {r.n:,} images"))
-        else:
-            image, target, output = edge_example(model, test, task, mean, std)
-            report.plots.append(plots.write_edges(image, target, output, report.kernel, folder / "edges.png",
-                                                  title=f"{title}: test MSE {r.mse:.3g}"))
-    except RunError as exc:
-        report.warnings.append(f"{exc}; the numbers above are unaffected")
-
-
-@torch.inference_mode()
-def edge_example(model: nn.Module, test: Split, task: Task, mean: list[float], std: list[float]):
-    """The first test picture, its true edge map and the model's, as CPU tensors for plotting."""
-    model.eval()
-    images = test.images[:1]  # (1, C, H, W) uint8
-    inputs = task.inputs(images, mean, std)  # (1, C, H, W) in [0, 1]
-    target = task.targets(inputs, test.labels[:1])  # (1, 1, H, W−1)
-    output = model(inputs).float()  # (1, 1, H, W−1)
-    return inputs[0].mean(dim=0).cpu(), target[0, 0].cpu(), output[0, 0].cpu()  # (H, W), (H, W−1), (H, W−1)

@@ -18,13 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnkit.build import input_shape, model_from_config
-from cnnkit.checkpoint import load_checkpoint, load_model_state
-from cnnkit.config import config_from_dict
+from cnnkit.build import input_shape
+from cnnkit.checkpoint import model_from_checkpoint
 from cnnkit.data import normalize, to_grayscale
-from cnnkit.device import setup_runtime
-from cnnkit.errors import CheckpointError
-from cnnkit.models import MODELS
+from cnnkit.device import Runtime
+from cnnkit.errors import CheckpointError, one_line
 
 BATCH = 256
 
@@ -76,41 +74,33 @@ class Classifier:
     input: tuple[int, int, int]  # (C, H, W)
     mean: list[float]
     std: list[float]
-    device: torch.device
+    runtime: Runtime
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) → class probabilities (N, K)."""
         out = []
         for lo in range(0, images.shape[0], BATCH):
-            batch = images[lo: lo + BATCH].to(self.device)  # (B, C, H, W) uint8
-            logits = self.model(normalize(batch, self.mean, self.std)).float()  # (B, K)
+            batch = images[lo: lo + BATCH].to(self.runtime.device)  # (B, C, H, W) uint8
+            # The same input layout `cnnkit eval` feeds this model (channels_last when it trained so).
+            inputs = normalize(batch, self.mean, self.std).contiguous(memory_format=self.runtime.memory_format)
+            logits = self.model(inputs).float()  # (B, K)
             out.append(logits.softmax(dim=1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    path = Path(path)
-    payload = load_checkpoint(path)
-    config = config_from_dict(payload["config"], f"{path} (its saved config)")
-    task = MODELS[config.model.name].task
-    if task != "classify":
-        raise CheckpointError(f"{path}: a {config.model.name} checkpoint ({task} task) does not classify; "
-                              "predict needs a classifier such as lenet — use `cnnkit eval` for this one")
-    classes = list(payload.get("classes") or [])
-    if not classes:
+    loaded = model_from_checkpoint(path, device, refuse=("predict",))
+    config, path = loaded.config, loaded.path
+    if not loaded.classes:
         raise CheckpointError(f"{path}: the checkpoint has no class names; retrain it with `cnnkit train`")
     mean, std = config.data.mean, config.data.std
     channels, height, width = input_shape(config)
     if mean is None or std is None or len(mean) != channels or len(std) != channels:
         raise CheckpointError(f"{path}: its config lacks the {channels}-channel data.mean/data.std the model was "
                               "trained with; retrain it with `cnnkit train` (which saves them)")
-    runtime = setup_runtime(device, "fp32", config.train.threads)
-    model = model_from_config(config, len(classes))
-    load_model_state(model, payload["model"], str(path))
-    model = model.to(runtime.device).eval()
-    return Classifier(path, model, config.model.name, int(payload.get("epoch", 0)), classes,
-                      (channels, height, width), list(mean), list(std), runtime.device)
+    return Classifier(path, loaded.model, config.model.name, loaded.epoch, loaded.classes,
+                      (channels, height, width), list(mean), list(std), loaded.runtime)
 
 
 # ---------------------------------------------------------------------------------------- pictures
@@ -196,7 +186,8 @@ def _to_rgb(im):
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
-def _reason(exc: BaseException) -> str:
+def _why_unreadable(exc: BaseException) -> str:
+    """Why Pillow could not read a picture, as a short phrase."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(exc, UnidentifiedImageError):
@@ -209,8 +200,7 @@ def _reason(exc: BaseException) -> str:
         return "is a folder"
     if isinstance(exc, Image.DecompressionBombError):
         return "too many pixels to decode safely (Pillow's decompression-bomb limit)"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"cannot decode it ({text[:160]})"
+    return f"cannot decode it ({one_line(exc)[:160]})"
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -229,7 +219,7 @@ def predict_images(checkpoint: str | Path, paths: list[str | Path], *, top_k: in
             try:
                 image, size, mode = load_image(path, classifier.input)
             except Exception as exc:  # Pillow signals bad files with many types (OSError, ValueError, ...)
-                error = _reason(exc)
+                error = _why_unreadable(exc)
             else:
                 slots.append(len(predictions))
                 images.append(image)

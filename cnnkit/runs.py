@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cnnkit.errors import RunError
+from cnnkit.models import MODELS
+from cnnkit.tasks import TASKS
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -57,6 +59,15 @@ def run_folder(path: str | Path) -> Path:
         raise RunError(f"{path}: no {METRICS} here, so no finished epoch to show; pass a run folder made by "
                        "`cnnkit train` that completed at least one epoch")
     return path
+
+
+def run_task(folder: Path, rows: list[dict]) -> str:
+    """The task name of a run: its model's (from config.yaml), else the task whose metrics the rows hold."""
+    model = (_read_config(folder / CONFIG).get("model") or {}).get("name")
+    if isinstance(model, str) and model in MODELS:
+        return MODELS[model].task
+    # No readable config (copied metrics, a damaged file): the rows tell.
+    return next((task.name for task in TASKS.values() if rows and task.reports(rows[-1])), "?")
 
 
 def run_metrics(path: str | Path) -> tuple[Path, list[dict]]:
@@ -115,7 +126,7 @@ def summarize_run(folder: Path) -> RunSummary | None:
     model = (config.get("model") or {}).get("name") if config else None
     planned = (config.get("train") or {}).get("epochs") if config else None
     epochs = rows[-1]["epoch"] if rows else 0
-    task = "?" if not rows else ("classify" if "train_acc" in rows[-1] else "edge")
+    task = run_task(folder, rows) if rows else "?"
 
     def values(key: str) -> list[float]:
         return [r[key] for r in rows if isinstance(r.get(key), (int, float))]

@@ -22,66 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnkit import distributed
 from cnnkit.build import input_shape, model_from_config
 from cnnkit.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from cnnkit.config import Config, config_from_dict, load_config, parse_override
-from cnnkit.data import Prepared, Split, augment_batch, epoch_permutation, normalize, prepare_data, to_device
+from cnnkit.curves import write_curves
+from cnnkit.data import Prepared, Split, augment_batch, epoch_permutation, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.ema import WeightEMA
 from cnnkit.errors import ConfigError, Interrupted, RunError, TrainingError
+from cnnkit.evaluate import evaluate
 from cnnkit.fileio import atomic_write_text
-from cnnkit.models import MODELS
+from cnnkit.metrics import EvalResult
 from cnnkit.optim import build_optimizer, build_scheduler
-from cnnkit.plots import write_curves
+from cnnkit.tasks import Task, task_for
 
 Report = Callable[[dict[str, Any]], None]
 
 # The edge toy learns this kernel: a horizontal difference, +1 then −1 (seed 000).
 EDGE_KERNEL = torch.tensor([[1.0, -1.0]])
-
-
-# ---------------------------------------------------------------------------------------- the tasks
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a model learns: how a batch becomes inputs and targets, and the loss between them."""
-
-    inputs: Callable[[torch.Tensor, list[float], list[float]], torch.Tensor]
-    targets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    loss: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-    classifies: bool
-
-
-def _edge_targets(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    channels = inputs.shape[1]
-    kernel = EDGE_KERNEL.to(inputs).expand(1, channels, 1, 2)  # (1, C, 1, 2)
-    return F.conv2d(inputs, kernel)  # (B, 1, H, W−1)
-
-
-TASKS: dict[str, Task] = {
-    "classify": Task(
-        inputs=lambda images, mean, std: normalize(images, mean, std),
-        targets=lambda inputs, labels: labels,
-        loss=lambda out, target, smoothing: F.cross_entropy(out, target, label_smoothing=smoothing),
-        classifies=True,
-    ),
-    # The seed's loss: squared error summed over the picture (here averaged over the batch).
-    "edge": Task(
-        inputs=lambda images, mean, std: images.float() / 255,
-        targets=_edge_targets,
-        loss=lambda out, target, smoothing: (out - target).pow(2).sum() / out.shape[0],
-        classifies=False,
-    ),
-}
-
-
-def task_for(config: Config) -> Task:
-    return TASKS[MODELS[config.model.name].task]
 
 
 # ---------------------------------------------------------------------------------------- the loops
@@ -119,7 +80,7 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     batches = global_batches(len(split), train_cfg.batch_size, train_cfg.seed, epoch)
     # Augmentation draws from its own generator seeded by (seed, epoch): resumable and rank-independent.
     aug_gen = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
-    augment = data_cfg.augment and task.classifies
+    augment = data_cfg.augment and task.augments
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
     seen = 0
@@ -164,8 +125,7 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
             ema.update()
         batch = labels.shape[0]
         loss_sum += loss.detach().double() * batch
-        if task.classifies:
-            correct += (outputs.argmax(dim=1) == labels).sum()
+        correct += task.hits(outputs, labels)
         seen += batch
         if report is not None and rank == 0:
             report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
@@ -176,66 +136,9 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
                                                                   dtype=torch.float64)]))
     n = max(1.0, totals[2].item())
     result = {"train_loss": totals[0].item() / n, "epoch_s": seconds, "images_per_s": n / seconds}
-    if task.classifies:
-        result["train_acc"] = totals[1].item() / n
+    result.update(task.train_fields(totals[1].item() / n))
     del world
     return result
-
-
-@dataclass
-class EvalResult:
-    n: int
-    loss: float
-    accuracy: float | None = None  # classification
-    confusion: torch.Tensor | None = None  # (K, K): rows true class, columns predicted
-    mse: float | None = None  # edge toy: mean squared error per output pixel
-    seconds: float = 0.0
-
-    @property
-    def per_class(self) -> list[float]:
-        counts = self.confusion.sum(dim=1).clamp(min=1)
-        return (self.confusion.diag().double() / counts).tolist()
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, *, task: Task, runtime: Runtime, batch_size: int,
-             mean: list[float], std: list[float], num_classes: int | None = None) -> EvalResult:
-    """Loss and accuracy (or MSE) over a whole split; sharded over DDP ranks, summed across them."""
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
-    k = num_classes or 1
-    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    sq_err = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    pixels = 0
-    confusion = torch.zeros(k * k, dtype=torch.int64, device=runtime.device)
-    n = len(split)
-    rank, world = distributed.rank(), distributed.world_size()
-    for lo in range(rank * batch_size, n, batch_size * world):
-        images = split.images[lo: lo + batch_size]  # (B, C, H, W) uint8
-        labels = split.labels[lo: lo + batch_size]
-        inputs = task.inputs(images, mean, std).contiguous(memory_format=runtime.memory_format)
-        targets = task.targets(inputs, labels)
-        with runtime.autocast():
-            outputs = model(inputs).float()
-        if task.classifies:
-            loss_sum += F.cross_entropy(outputs, targets, reduction="sum").double()
-            confusion += torch.bincount(labels * k + outputs.argmax(dim=1), minlength=k * k)
-        else:
-            err = (outputs - targets).pow(2)
-            loss_sum += err.sum().double()
-            sq_err += err.sum().double()
-            pixels += err[0].numel() * err.shape[0]
-    model.train(was_training)
-    pixels_t = torch.tensor(float(pixels), dtype=torch.float64, device=runtime.device)
-    totals = distributed.all_reduce_sum(torch.stack([loss_sum, sq_err, pixels_t]))
-    confusion = distributed.all_reduce_sum(confusion).reshape(k, k).cpu()
-    seconds = time.perf_counter() - start
-    if task.classifies:
-        return EvalResult(n=n, loss=totals[0].item() / n, accuracy=confusion.diag().sum().item() / n,
-                          confusion=confusion, seconds=seconds)
-    return EvalResult(n=n, loss=totals[0].item() / n, mse=totals[1].item() / max(1.0, totals[2].item()),
-                      seconds=seconds)
 
 
 # ---------------------------------------------------------------------------------------- run folders
@@ -277,6 +180,7 @@ class FitResult:
     best_epoch: int
     test: EvalResult | None
     classes: list[str]
+    task: Task
     kernel: list[list[float]] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -361,7 +265,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     run_dir = distributed.broadcast_path(run_dir)
 
     torch.manual_seed(config.train.seed)
-    model = model_from_config(config, num_classes if task.classifies else None)
+    model = model_from_config(config, num_classes)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config.optim.name, config.optim.lr, config.optim.weight_decay,
@@ -416,7 +320,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
 
     def evaluate_split(split: Split) -> EvalResult:
         return evaluate(eval_model, split, task=task, runtime=runtime, batch_size=config.train.eval_batch_size,
-                        mean=prepared.mean, std=prepared.std, num_classes=num_classes if task.classifies else None)
+                        mean=prepared.mean, std=prepared.std, num_classes=num_classes)
 
     def checkpoint_payload(epoch_done: int) -> dict:
         def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -428,7 +332,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch_done, "config": config.to_dict(), "classes": prepared.classes,
-            "metrics": history, "best": best, "task": MODELS[config.model.name].task,
+            "metrics": history, "best": best, "task": task.name,
             "rng": {"torch": torch.get_rng_state()},
         }
 
@@ -453,15 +357,15 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             row = {"epoch": epoch + 1, **row, "lr": optimizer.param_groups[0]["lr"]}
             if val_split is not None:
                 val = evaluate_split(val_split)
-                row.update(_eval_fields("val", val))
+                row.update(task.fields("val", val))
             if test_split is not None and (config.train.test_every_epoch or val_split is None):
-                row.update(_eval_fields("test", evaluate_split(test_split)))
+                row.update(task.fields("test", evaluate_split(test_split)))
             row["time"] = time.time()
             row["elapsed_s"] = row["time"] - wall_start
             _check_finite(row, model, epoch + 1, optimizer)
             history.append(row)
             # Select on validation only; with no validation split the final epoch is the best one.
-            score = _selection_score(row) if val_split is not None else float(epoch + 1)
+            score = task.selection_score(row) if val_split is not None else float(epoch + 1)
             improved = score > best["score"]
             if improved:
                 best = {"score": score, "epoch": epoch + 1}
@@ -488,19 +392,12 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
         # Always fp32, as `cnnkit eval` does, so both print the same number for this checkpoint.
         fp32 = dataclasses.replace(runtime, precision="fp32")
         test_result = evaluate(model, test_split, task=task, runtime=fp32, batch_size=config.train.eval_batch_size,
-                               mean=prepared.mean, std=prepared.std,
-                               num_classes=num_classes if task.classifies else None)
-    kernel = edge_kernel(model) if not task.classifies else None
-    result = FitResult(run_dir, history, best["epoch"], test_result, prepared.classes, kernel,
-                       {"wall_s": time.time() - wall_start})
+                               mean=prepared.mean, std=prepared.std, num_classes=num_classes)
+    result = FitResult(run_dir, history, best["epoch"], test_result, prepared.classes, task,
+                       task.learned_kernel(model), {"wall_s": time.time() - wall_start})
     report({"kind": "end", "result": result})
     distributed.teardown()
     return result
-
-
-def edge_kernel(model: nn.Module) -> list[list[float]] | None:
-    kernel = getattr(model, "kernel", None)
-    return kernel.cpu().tolist() if isinstance(kernel, torch.Tensor) else None
 
 
 def _kept(epoch: int) -> str:
@@ -516,15 +413,3 @@ def _check_finite(row: dict, model: nn.Module, epoch: int, optimizer) -> None:
     if bad:
         raise TrainingError(f"{', '.join(bad)} became non-finite in epoch {epoch}; {_kept(epoch)} — lower optim.lr "
                             f"(now {optimizer.param_groups[0]['lr']:.3g}) or set train.grad_clip")
-
-
-def _eval_fields(prefix: str, result: EvalResult) -> dict:
-    if result.accuracy is not None:
-        return {f"{prefix}_loss": result.loss, f"{prefix}_acc": result.accuracy}
-    return {f"{prefix}_mse": result.mse}
-
-
-def _selection_score(row: dict) -> float:
-    if "val_acc" in row:
-        return row["val_acc"]
-    return -row["val_mse"]

@@ -3,7 +3,9 @@
 Edges come from the AST of every module under cnnkit/: each `import cnnkit.x` and
 `from cnnkit.x import y` anywhere in the file, at module level or inside a function. Lazy imports
 count too: a cycle that only works because one side imports late is still a cycle a reader has
-to untangle, and one refactor away from an ImportError.
+to untangle, and one refactor away from an ImportError. Imports under `if TYPE_CHECKING:` do not
+count: they never run, so they cannot leave a module half-initialised; they only name a type for
+an annotation.
 
 An edge goes to the module named (`from cnnkit.data import cache` names the module
 cnnkit.data.cache; `from cnnkit.data import Split` names the package cnnkit.data). Importing a
@@ -35,7 +37,7 @@ def module_name(path: Path, root: Path) -> str:
 def import_edges(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
     """The cnnkit modules that the module `name` (with text `source`) imports."""
     edges = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -56,6 +58,24 @@ def import_edges(source: str, name: str, is_package: bool, modules: set[str]) ->
             if target and target != name:
                 edges.add(target)
     return edges
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of the tree except what sits under `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)  # the else branch does run
+            else:
+                stack.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
@@ -104,7 +124,8 @@ def test_edges_count_lazy_relative_and_submodule_imports(tmp_path: Path):
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from pkg import b\n")
-    (pkg / "b.py").write_text("def f():\n    import pkg.sub.c  # lazy\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n"
+                              "def f():\n    import pkg.sub.c  # lazy\n")
     (pkg / "sub" / "__init__.py").write_text("from pkg.sub.c import thing\n")
     (pkg / "sub" / "c.py").write_text("from ..a import x\nthing = 1\n")
     graph = import_graph(pkg)
@@ -123,6 +144,11 @@ def test_cnnkit_has_no_import_cycles():
     assert "cnnkit.cli.app" in graph and graph["cnnkit.cli.app"] <= {"cnnkit", "cnnkit.errors"}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_evaluation_does_not_import_training():
+    graph = import_graph(PACKAGE)
+    assert "cnnkit.train" not in graph["cnnkit.evaluate"]
 
 
 COMMANDS = ("models", "train", "eval", "predict", "runs", "plot", "config", "shapes")

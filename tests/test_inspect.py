@@ -13,18 +13,17 @@ from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnkit.build import model_from_config
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import config_from_dict, load_config
-from cnnkit.data import Split, to_grayscale
-from cnnkit.device import setup_runtime
+from cnnkit.curves import write_curves
+from cnnkit.data import Split, prepare_data, to_grayscale
 from cnnkit.errors import CheckpointError, RunError
-from cnnkit.evaluate import _shift, classification_report, most_confused
-from cnnkit.plots import write_curves
+from cnnkit.evaluate import _shift, classification_report, evaluate, most_confused
 from cnnkit.predict import load_image, predict_images
 from cnnkit.runs import list_runs, read_metrics
-from cnnkit.train import TASKS, evaluate, fit, prepare_data
+from cnnkit.tasks import TASKS
+from cnnkit.train import fit
 
 runner = CliRunner()
 
@@ -166,16 +165,13 @@ def eval_predictions(checkpoint: Path, images: torch.Tensor) -> list[int]:
 
     Each image is its own one-image test set; the single 1 in its confusion row is its prediction.
     """
-    payload = load_checkpoint(checkpoint)
-    config = config_from_dict(payload["config"], "test")
-    model = model_from_config(config, len(payload["classes"]))
-    model.load_state_dict(payload["model"])
-    runtime = setup_runtime("cpu", "fp32", 1)
+    loaded = model_from_checkpoint(checkpoint, "cpu")
+    config = loaded.config
     predicted = []
     for image in images:
         split = Split(image[None].contiguous(), torch.zeros(1, dtype=torch.int64))
-        result = evaluate(model, split, task=TASKS["classify"], runtime=runtime, batch_size=1,
-                          mean=config.data.mean, std=config.data.std, num_classes=len(payload["classes"]))
+        result = evaluate(loaded.model, split, task=TASKS["classify"], runtime=loaded.runtime, batch_size=1,
+                          mean=config.data.mean, std=config.data.std, num_classes=len(loaded.classes))
         predicted.append(int(result.confusion[0].argmax()))
     return predicted
 

@@ -42,14 +42,24 @@ def eval_cmd(
         return _print_json(report.to_dict())
     r = report.result
     print(f"{report.checkpoint}: {report.model}, epoch {report.epoch}; {report.runtime}")
-    if r.accuracy is None:
+    if report.kernel is not None:
         print(f"learned kernel: {report.kernel}  (target [[1, -1]])")
-        for path in report.plots:
-            print(f"wrote {path}")
-        print(f"MSE: {r.mse:.4g} over {r.n} image(s)")
-        return
-    classes = report.classes
-    cls_report = report.report
+    if r.confusion is not None:
+        _render_classes(report)
+    if report.tta is not None:
+        t = report.tta
+        what = "the image, its mirror and their ±1-pixel shifts" if len(t.views) > 2 else "the image and its mirror"
+        print(f"TTA, logits averaged over {what} ({len(t.views)} views): accuracy {t.accuracy:.4f} "
+              f"vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), loss {t.loss:.4f}")
+    for path in report.plots:
+        print(f"wrote {path}")
+    # This line's format is relied on (tests, users' scripts): keep it, and keep it last.
+    print(report.task.eval_line(r))
+
+
+def _render_classes(report) -> None:
+    """The per-class report, the confusion matrix and the most-confused pairs, as tables."""
+    r, classes, cls_report = report.result, report.classes, report.report
     table = Table(title="per-class results")
     for col in ("class", "accuracy", "precision", "recall", "F1", "images"):
         table.add_column(col, justify="left" if col == "class" else "right")
@@ -78,16 +88,6 @@ def eval_cmd(
         for p in pairs:
             worst.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['fraction']:.1%}")
         console.print(worst)
-    if report.tta is not None:
-        t = report.tta
-        what = "the image, its mirror and their ±1-pixel shifts" if len(t.views) > 2 else "the image and its mirror"
-        print(f"TTA, logits averaged over {what} ({len(t.views)} views): accuracy {t.accuracy:.4f} "
-              f"vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), loss {t.loss:.4f}")
-    for path in report.plots:
-        print(f"wrote {path}")
-    # This line's format is relied on (tests, users' scripts): keep it, and keep it last.
-    print(f"test accuracy {r.accuracy:.4f}, loss {r.loss:.4f} on {r.n:,} images ({r.seconds:.2f} s) "
-          f"— Acc: {r.accuracy:.2f}")
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -137,10 +137,6 @@ def predict_cmd(
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def _pct(value: Optional[float]) -> str:
-    return "" if value is None else f"{value:.2%}"
-
-
 def _duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return ""
@@ -161,6 +157,7 @@ def runs_cmd(
 ):
     """Compare runs: one row per run folder (best numbers from metrics.jsonl), sortable."""
     from cnnkit.runs import list_runs
+    from cnnkit.tasks import TASKS
 
     runs = list_runs(folder, sort=sort, reverse=reverse)
     if as_json:
@@ -176,14 +173,10 @@ def runs_cmd(
         table.add_column(col, justify=justify)
     for r in runs:
         epochs = str(r.epochs) if r.complete else f"{r.epochs}/{r.planned_epochs or '?'} (incomplete)"
-        if r.task == "edge":
-            # The edge toy has no accuracy: its test columns show the MSE instead.
-            val = f"mse {r.best_val_mse:.2g}" if r.best_val_mse is not None else ""
-            tests = ["", "", f"mse {r.final_test_mse:.2g}" if r.final_test_mse is not None else ""]
-        else:
-            val, tests = _pct(r.best_val), [_pct(r.test_at_best), _pct(r.best_test), _pct(r.final_test)]
+        # The task decides what the val and test columns show (the edge toy: MSE, not accuracy).
+        scores = TASKS[r.task].run_cells(r) if r.task in TASKS else ["", "", "", ""]
         speed = f"{r.images_per_s:,.0f}" if r.images_per_s is not None else ""
-        table.add_row(r.name, r.model or "?", epochs, val, *tests, _duration(r.wall_s), speed, r.date or "")
+        table.add_row(r.name, r.model or "?", epochs, *scores, _duration(r.wall_s), speed, r.date or "")
     console.print(table)
 
 
@@ -196,7 +189,7 @@ def plot_cmd(
                                        "run folder; for several runs, compare-curves.png beside them)."),
 ):
     """Draw training curves (loss, train accuracy, val/test accuracy per epoch) of one or more runs."""
-    from cnnkit.plots import write_curves
+    from cnnkit.curves import write_curves
 
     if out is None:
         out = _default_plot_path(runs)

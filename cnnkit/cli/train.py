@@ -81,11 +81,8 @@ class _TrainView:
         if r.kernel is not None:
             k = r.kernel
             print(f"learned kernel: {[[round(v, 4) for v in row] for row in k]}  (target [[1, -1]])")
-        if r.test is not None and r.test.accuracy is not None:
-            print(f"best.pt (epoch {r.best_epoch}): test accuracy {r.test.accuracy:.4f}, loss {r.test.loss:.4f} "
-                  f"on {r.test.n:,} images — Acc: {r.test.accuracy:.2f}")
-        elif r.test is not None:
-            print(f"best.pt (epoch {r.best_epoch}): test MSE {r.test.mse:.3g} on {r.test.n:,} images")
+        if r.test is not None:
+            print(f"best.pt (epoch {r.best_epoch}): {r.task.fit_line(r.test)}")
         print(f"run folder: {r.run_dir}  ({r.extra['wall_s']:.1f} s)")
 
 

@@ -1,0 +1,290 @@
+"""What a model learns and how it is judged, in a name → Task registry.
+
+Everything that differs between classification and the seed's edge toy lives here and nowhere else:
+how a uint8 batch becomes inputs and targets, the loss, the metrics an epoch reports, the number
+best.pt is selected on, the lines `train` and `eval` end with, `eval`'s JSON and picture, and how
+`runs` and `plot` show a run. A model names its task in its registry entry (cnnkit.models), and a
+checkpoint stores that name under "task".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.data.splits import Split
+from cnnkit.data.transforms import normalize
+from cnnkit.errors import CheckpointError
+from cnnkit.metrics import AccuracyMeter, EvalResult, SquaredErrorMeter
+from cnnkit.models import MODELS
+
+if TYPE_CHECKING:  # annotations only
+    from cnnkit.config import Config
+    from cnnkit.evaluate import CheckpointEval
+    from cnnkit.runs import RunSummary
+
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of `cnnkit plot`."""
+
+    title: str
+    series: list[tuple[str, str, str]]  # (metrics key, legend label, line style)
+    scale: str = "linear"  # of the y axis: linear, log or percent
+    mark_best: bool = False  # star the epoch best.pt keeps
+
+
+# The edge toy learns this kernel: a horizontal difference, +1 then −1 (seed 000).
+EDGE_KERNEL = torch.tensor([[1.0, -1.0]])
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+class Task:
+    """The interface; `Classification` and `EdgeMap` below are the two tasks."""
+
+    name: str
+    augments: bool  # whether the label-preserving crop/flip augmentation applies to its training batches
+    panels: list[Panel]  # `cnnkit plot`: the panels its runs draw
+    # What the task cannot do, by feature, as the error's text ({path}, {model}, {task} are filled in).
+    refusals: dict[str, str] = {}
+
+    def inputs(self, images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def targets(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hits(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A 0-d count the training loop sums over an epoch (correct predictions, or 0)."""
+        raise NotImplementedError
+
+    def train_fields(self, hit_rate: float) -> dict[str, float]:
+        """The epoch row's training metrics beyond train_loss, from the summed hits / images."""
+        raise NotImplementedError
+
+    def meter(self, num_classes: int, device: torch.device):
+        """A fresh accumulator for `evaluate` (cnnkit.metrics)."""
+        raise NotImplementedError
+
+    def fields(self, prefix: str, result: EvalResult) -> dict[str, float]:
+        """The epoch row's entries for a val/test result, e.g. val_loss and val_acc."""
+        raise NotImplementedError
+
+    def selection_score(self, row: dict) -> float:
+        """Higher is better: the number best.pt is chosen on, from an epoch row with validation."""
+        raise NotImplementedError
+
+    def reports(self, row: dict) -> bool:
+        """Whether a metrics row looks like this task's (for a run folder whose config is unreadable)."""
+        raise NotImplementedError
+
+    def fit_line(self, result: EvalResult) -> str:
+        """`cnnkit train`'s closing line on the test set, after 'best.pt (epoch N): '."""
+        raise NotImplementedError
+
+    def eval_line(self, result: EvalResult) -> str:
+        """`cnnkit eval`'s last line."""
+        raise NotImplementedError
+
+    def eval_dict(self, report: CheckpointEval) -> dict[str, Any]:
+        """`cnnkit eval --json`, without the plots entry."""
+        raise NotImplementedError
+
+    def run_cells(self, run: RunSummary) -> list[str]:
+        """`cnnkit runs`: the best val, test @best, best test and final test cells."""
+        raise NotImplementedError
+
+    def draw(self, report: CheckpointEval, model: nn.Module, test: Split, mean: list[float], std: list[float],
+             folder: Path) -> Path:
+        """`cnnkit eval`'s picture of the result, written into `folder`."""
+        raise NotImplementedError
+
+    def learned_kernel(self, model: nn.Module) -> list[list[float]] | None:
+        """A kernel worth printing after training, when the task has one."""
+        return None
+
+    def refuse(self, feature: str, path: str | Path, model: str) -> None:
+        """Raise CheckpointError when this task cannot do `feature` (e.g. "predict", "tta")."""
+        if feature in self.refusals:
+            raise CheckpointError(self.refusals[feature].format(path=path, model=model, task=self.name))
+
+
+def accuracy_line(result: EvalResult, *, timed: bool = False) -> str:
+    """The line users' scripts read (`— Acc:` last): train's end report and eval's last line."""
+    took = f" ({result.seconds:.2f} s)" if timed else ""
+    return (f"test accuracy {result.accuracy:.4f}, loss {result.loss:.4f} on {result.n:,} images{took} "
+            f"— Acc: {result.accuracy:.2f}")
+
+
+class Classification(Task):
+    name = "classify"
+    augments = True
+    panels = [
+        Panel("loss", [("train_loss", "train", "-"), ("val_loss", "val", "--"), ("test_loss", "test", ":")]),
+        Panel("train accuracy", [("train_acc", "train", "-")], "percent"),
+        Panel("validation / test accuracy", [("val_acc", "val", "-"), ("test_acc", "test", "--")], "percent",
+              mark_best=True),
+    ]
+
+    def inputs(self, images, mean, std):
+        return normalize(images, mean, std)  # (B, C, H, W) float32
+
+    def targets(self, inputs, labels):
+        return labels  # (B,)
+
+    def loss(self, outputs, targets, smoothing):
+        return F.cross_entropy(outputs, targets, label_smoothing=smoothing)
+
+    def hits(self, outputs, labels):
+        return (outputs.argmax(dim=1) == labels).sum()
+
+    def train_fields(self, hit_rate):
+        return {"train_acc": hit_rate}
+
+    def meter(self, num_classes, device):
+        return AccuracyMeter(num_classes, device)
+
+    def fields(self, prefix, result):
+        return {f"{prefix}_loss": result.loss, f"{prefix}_acc": result.accuracy}
+
+    def selection_score(self, row):
+        return row["val_acc"]
+
+    def reports(self, row):
+        return "train_acc" in row
+
+    def fit_line(self, result):
+        return accuracy_line(result)
+
+    def eval_line(self, result):
+        return accuracy_line(result, timed=True)
+
+    def eval_dict(self, report):
+        r = report.result
+        data = {
+            "accuracy": r.accuracy, "loss": r.loss, "n": r.n,
+            "per_class": dict(zip(report.classes, r.per_class, strict=True)),
+            "confusion": r.confusion.tolist(),
+            # Added in issue 6; the keys above keep their meaning.
+            "report": report.report,
+            "most_confused": report.most_confused(),
+        }
+        if report.tta is not None:
+            data["tta_accuracy"] = report.tta.accuracy
+            data["tta_loss"] = report.tta.loss
+            data["tta_views"] = report.tta.views
+        return data
+
+    def run_cells(self, run):
+        return [_pct(run.best_val), _pct(run.test_at_best), _pct(run.best_test), _pct(run.final_test)]
+
+    def draw(self, report, model, test, mean, std, folder):
+        from cnnkit import plots
+
+        r = report.result
+        return plots.write_confusion(r.confusion, report.classes, folder / "confusion.png",
+                                     title=f"{report.title}: test accuracy {r.accuracy:.2%} on {r.n:,} images")
+
+
+class EdgeMap(Task):
+    """Seed 000's toy: regress the picture's horizontal edge map X ⋆ [[1, −1]]."""
+
+    name = "edge"
+    # One fixed picture whose targets come from its own pixels: nothing to augment.
+    augments = False
+    # The loss is the summed squared error per picture, the MSE is per output pixel; both fall by
+    # orders of magnitude, hence log axes.
+    panels = [
+        Panel("edge toy: train loss (squared error per picture)", [("train_loss", "train", "-")], "log"),
+        Panel("edge toy: MSE per pixel", [("val_mse", "val", "-"), ("test_mse", "test", "--")], "log"),
+    ]
+    refusals = {
+        "predict": "{path}: a {model} checkpoint ({task} task) does not classify; predict needs a classifier such "
+                   "as lenet — use `cnnkit eval` for this one",
+        "tta": "{path}: an edge-detector checkpoint has no classes to average; --tta applies to classifiers, "
+               "drop it for this one",
+    }
+
+    def inputs(self, images, mean, std):
+        return images.float() / 255  # (B, C, H, W) in [0, 1]
+
+    def targets(self, inputs, labels):
+        channels = inputs.shape[1]
+        kernel = EDGE_KERNEL.to(inputs).expand(1, channels, 1, 2)  # (1, C, 1, 2)
+        return F.conv2d(inputs, kernel)  # (B, 1, H, W−1)
+
+    def loss(self, outputs, targets, smoothing):
+        # The seed's loss: squared error summed over the picture (here averaged over the batch).
+        return (outputs - targets).pow(2).sum() / outputs.shape[0]
+
+    def hits(self, outputs, labels):
+        return torch.zeros((), dtype=torch.int64, device=outputs.device)
+
+    def train_fields(self, hit_rate):
+        return {}
+
+    def meter(self, num_classes, device):
+        return SquaredErrorMeter(num_classes, device)
+
+    def fields(self, prefix, result):
+        return {f"{prefix}_mse": result.mse}
+
+    def selection_score(self, row):
+        return -row["val_mse"]
+
+    def reports(self, row):
+        return "train_acc" not in row
+
+    def fit_line(self, result):
+        return f"test MSE {result.mse:.3g} on {result.n:,} images"
+
+    def eval_line(self, result):
+        return f"MSE: {result.mse:.4g} over {result.n} image(s)"
+
+    def eval_dict(self, report):
+        return {"kernel": report.kernel, "mse": report.result.mse, "n": report.result.n}
+
+    def run_cells(self, run):
+        # No accuracy: the test columns show the MSE instead.
+        val = f"mse {run.best_val_mse:.2g}" if run.best_val_mse is not None else ""
+        return [val, "", "", f"mse {run.final_test_mse:.2g}" if run.final_test_mse is not None else ""]
+
+    def draw(self, report, model, test, mean, std, folder):
+        from cnnkit import plots
+
+        image, target, output = self.example(model, test, mean, std)
+        return plots.write_edges(image, target, output, report.kernel, folder / "edges.png",
+                                 title=f"{report.title}: test MSE {report.result.mse:.3g}")
+
+    @torch.inference_mode()
+    def example(self, model: nn.Module, test: Split, mean: list[float], std: list[float]):
+        """The first test picture, its true edge map and the model's, as CPU tensors for plotting."""
+        model.eval()
+        images = test.images[:1]  # (1, C, H, W) uint8
+        inputs = self.inputs(images, mean, std)  # (1, C, H, W) in [0, 1]
+        target = self.targets(inputs, test.labels[:1])  # (1, 1, H, W−1)
+        output = model(inputs).float()  # (1, 1, H, W−1)
+        return inputs[0].mean(dim=0).cpu(), target[0, 0].cpu(), output[0, 0].cpu()  # (H, W), (H, W−1), (H, W−1)
+
+    def learned_kernel(self, model):
+        kernel = getattr(model, "kernel", None)
+        return kernel.cpu().tolist() if isinstance(kernel, torch.Tensor) else None
+
+
+TASKS: dict[str, Task] = {"classify": Classification(), "edge": EdgeMap()}
+
+
+def task_for(config: Config) -> Task:
+    return TASKS[MODELS[config.model.name].task]
