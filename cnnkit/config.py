@@ -362,17 +362,24 @@ def check_plain_data(raw: Any, source: str, prefix: str = "") -> None:
     walk(raw, prefix, 0)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults < YAML file < each `--set key=value`, validated together."""
-    raw = read_yaml(path) if path is not None else {}
-    source = str(path) if path is not None else "defaults"
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], source: str) -> Config:
+    """`raw` (a config as plain data, changed in place) with each `--set key=value` on top, validated.
+
+    A problem names the --set that caused it, or else `source` (the file the rest came from).
+    """
     overridden: dict[tuple, str] = {}
     for text in overrides:
         key_path, value = parse_override(text)
         origin = f"--set {text}"
         _apply_override(raw, key_path, value, origin)
         overridden[tuple(key_path)] = origin
-    config = config_from_dict(raw, source, overridden)
+    return config_from_dict(raw, source, overridden)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML file < each `--set key=value`, validated together."""
+    raw = read_yaml(path) if path is not None else {}
+    config = apply_overrides(raw, overrides, str(path) if path is not None else "defaults")
     if config.output.name is None and path is not None:
         config.output.name = Path(path).stem
     return config

@@ -60,8 +60,8 @@ def measure_data_and_eval(run_dir: Path, data_root: str | None) -> dict:
     """The warm-cache data stage and eval in this process (imports excluded), then eval end to end."""
     from cnnkit.checkpoint import load_checkpoint
     from cnnkit.config import config_from_dict
+    from cnnkit.data import prepare_data
     from cnnkit.evaluate import evaluate_checkpoint
-    from cnnkit.train import prepare_data
 
     config = config_from_dict(load_checkpoint(run_dir / "best.pt")["config"])
     start = time.perf_counter()

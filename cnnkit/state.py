@@ -1,0 +1,106 @@
+"""The training state: model, optimiser, schedule, grad scaler and EMA; built, restored, saved.
+
+Everything an epoch changes lives in one `TrainState`, so a checkpoint is that state as plain
+tensors and a resume is the same construction followed by `restore`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnkit import distributed
+from cnnkit.build import model_from_config
+from cnnkit.checkpoint import load_model_state
+from cnnkit.config import Config
+from cnnkit.device import Runtime
+from cnnkit.ema import WeightEMA
+from cnnkit.errors import ConfigError
+from cnnkit.loop import global_batches
+from cnnkit.optim import build_optimizer, build_scheduler
+from cnnkit.tasks import Task
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the weights the optimiser steps, unwrapped
+    train_model: nn.Module  # `model` as the loop calls it: DDP-wrapped and/or compiled when configured
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    ema: WeightEMA | None
+    steps_per_epoch: int
+    history: list[dict] = field(default_factory=list)  # one metrics row per finished epoch
+    start_epoch: int = 0  # epochs already finished (a resumed run starts after them)
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": 0})  # the epoch best.pt holds
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to judge (and save as `model`): the average when there is one."""
+        return self.ema.module if self.ema is not None else self.train_model
+
+    def payload(self, epoch_done: int, config: Config, classes: list[str], task: Task) -> dict:
+        """The checkpoint: everything needed to evaluate the model and to resume training bit for bit."""
+        model, ema = self.model, self.ema
+        averaged = {"train_model": _cpu_state(model), "ema_updates": ema.updates} if ema is not None else {}
+        return {
+            "model": _cpu_state(ema.module if ema is not None else model), **averaged,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": epoch_done, "config": config.to_dict(), "classes": classes,
+            "metrics": self.history, "best": self.best, "task": task.name,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int,
+                payload: dict | None = None, source: str = "") -> TrainState:
+    """A fresh state from `config` (seeded), or, with a checkpoint `payload`, the one it saved."""
+    train = config.train
+    torch.manual_seed(train.seed)
+    model = model_from_config(config, num_classes)
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, config.optim.name, config.optim.lr, config.optim.weight_decay,
+                                config.optim.kwargs)
+    steps_per_epoch = len(global_batches(n_train, train.batch_size, 0, 0))
+    scheduler = build_scheduler(optimizer, config.schedule.name, steps_per_epoch * train.epochs,
+                                round(config.schedule.warmup_epochs * steps_per_epoch),
+                                config.schedule.final_lr_ratio)
+    scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
+    state = TrainState(model, model, optimizer, scheduler, scaler, None, steps_per_epoch)
+    if payload is not None:
+        restore(state, payload, source, train.epochs)
+    if train.ema_decay is not None:
+        state.ema = WeightEMA(model, train.ema_decay, updates=int(payload.get("ema_updates", 0)) if payload else 0)
+        if payload is not None and "train_model" in payload:
+            load_model_state(state.ema.module, payload["model"], source)
+    state.train_model = distributed.wrap(model, runtime)
+    if train.compile:
+        state.train_model = torch.compile(state.train_model)
+    return state
+
+
+def restore(state: TrainState, payload: dict, source: str, epochs: int) -> None:
+    """Load a checkpoint's weights, optimiser, schedule, scaler, RNG and history into `state`."""
+    # With an EMA, `model` holds the average and `train_model` the weights the optimiser steps.
+    load_model_state(state.model, payload.get("train_model", payload["model"]), source)
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    if state.scaler is not None and payload.get("scaler"):
+        state.scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    state.history = list(payload["metrics"])
+    state.start_epoch = int(payload["epoch"])
+    state.best = dict(payload["best"])
+    if state.start_epoch >= epochs:
+        raise ConfigError(f"{source}: this run already finished {state.start_epoch} epochs; "
+                          f"raise train.epochs with --set train.epochs=N to train further")
