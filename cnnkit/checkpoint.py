@@ -141,12 +141,18 @@ _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     "epoch": (lambda v: type(v) is int and v >= 0, "a whole number of epochs"),
     "metrics": (lambda v: isinstance(v, list) and all(_is_str_dict(row) for row in v), "a list of per-epoch dicts"),
     "best": (lambda v: _is_str_dict(v) and {"score", "epoch"} <= set(v), "a dict with score and epoch"),
-    "optimizer": (lambda v: _is_str_dict(v) and {"state", "param_groups"} <= set(v), "an optimizer state_dict"),
+    "optimizer": (lambda v: _is_optimizer_state(v) or (_is_str_dict(v) and isinstance(v.get("optimizers"), list)
+                                                       and all(map(_is_optimizer_state, v["optimizers"]))),
+                  "an optimizer state_dict (or, with optim.groups, a list of them under 'optimizers')"),
     "scheduler": (_is_str_dict, "a scheduler state_dict"),
     "rng": (lambda v: _is_str_dict(v) and isinstance(v.get("torch"), torch.Tensor)
             and v["torch"].dtype == torch.uint8, "a dict holding the torch RNG state"),
     "task": (lambda v: isinstance(v, str), "a task name"),
 }
+
+
+def _is_optimizer_state(value: Any) -> bool:
+    return _is_str_dict(value) and {"state", "param_groups"} <= set(value)
 
 
 def _check_fields(payload: dict, path: Path) -> None:

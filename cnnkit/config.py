@@ -77,18 +77,51 @@ class DataConfig(Section):
     subset: Optional[int] = Field(default=None, ge=1)
     grayscale: bool = False
     augment: bool = False
+    # Random translation: pad by crop_padding, crop back. zeros (the classic crop) or reflect (airbench's:
+    # no black border for the model to learn about).
     crop_padding: int = Field(default=4, ge=0)
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
     hflip: bool = True
+    # random: each image flips with p = 0.5 every epoch; alternate: each image flips on every other
+    # epoch, starting from a random half (airbench), so consecutive epochs always see both sides.
+    flip_mode: Literal["random", "alternate"] = "random"
     # None = computed from the training images and written into the resolved config.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
 
 
+class ParamGroupConfig(Section):
+    """Some of the model's parameters with an optimiser of their own (cnnkit.optim)."""
+
+    # Shell-style patterns over the names model.named_parameters() gives, e.g. "group*.conv*.weight";
+    # a parameter goes to the first group one of whose patterns it matches.
+    params: list[str] = Field(min_length=1)
+    name: str
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # The schedule runs over this many epochs for this group, then holds its final value (e.g. a
+    # whitening bias that should stop moving early); None = over the whole run.
+    schedule_epochs: Optional[float] = Field(default=None, gt=0)
+    # lr per image: the optimiser gets lr × train.batch_size, as if the loss were summed over the
+    # batch (airbench's convention), so a change of batch size keeps the step per image the same.
+    lr_per_image: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from cnnkit.optim import OPTIMIZERS
+
+        return _check_registry_name(name, OPTIMIZERS, "optimiser")
+
+
 class OptimConfig(Section):
+    # The optimiser of every trainable parameter that no entry of `groups` claims.
     name: str = "adam"
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    groups: list[ParamGroupConfig] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -121,7 +154,8 @@ class TrainConfig(Section):
     deterministic: bool = False
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     # Evaluate, select and save an exponential moving average of the weights (cnnkit.ema); e.g. 0.99.
-    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
+    # 0 or null: no average.
+    ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
@@ -130,6 +164,15 @@ class TrainConfig(Section):
     threads: Optional[int] = Field(default=None, ge=1)
     # Also measure test accuracy after every epoch (reported only, never used to pick best.pt).
     test_every_epoch: bool = False
+    # The final test also with test-time augmentation, reported beside the plain figure:
+    # flip (the image and its mirror) or flip_shift (also 1-pixel shifts, cnnkit eval --tta-shift).
+    tta: Literal["none", "flip", "flip_shift"] = "none"
+    # A model with `init_from_data` (e.g. fast's whitening conv) is initialised from this many
+    # training images before the first step of a new run.
+    data_init_images: int = Field(default=5000, ge=1)
+    # The loop syncs with the device only every this many steps: to check the loss is finite and to
+    # update the progress view (the epoch's totals are reduced on the device).
+    sync_every: int = Field(default=50, ge=1)
 
     @field_validator("device")
     @classmethod

@@ -24,8 +24,11 @@ class WeightEMA:
         # state_dict() tensors share storage with the parameters and buffers, and the optimiser
         # updates those in place, so these lists stay valid for the life of both models.
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
-        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]  # e.g. BatchNorm's step counter
+        floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+        others = [(e, m) for e, m in pairs if not e.is_floating_point()]  # e.g. BatchNorm's step counter
+        # As lists of tensors for the foreach kernels: one launch per update instead of one per tensor.
+        self._float_avg, self._float_src = [e for e, _ in floats], [m for _, m in floats]
+        self._other_avg, self._other_src = [e for e, _ in others], [m for _, m in others]
 
     def decay_now(self) -> float:
         # Warm-up (as TensorFlow's ExponentialMovingAverage with num_updates): early on the average
@@ -36,8 +39,8 @@ class WeightEMA:
     def update(self) -> None:
         """Move the average towards the model's current weights; call after every optimiser step."""
         weight = 1 - self.decay_now()
-        for e, m in self._float:
-            e.lerp_(m, weight)
-        for e, m in self._other:
-            e.copy_(m)
+        if self._float_avg:
+            torch._foreach_lerp_(self._float_avg, self._float_src, weight)
+        if self._other_avg:
+            torch._foreach_copy_(self._other_avg, self._other_src)
         self.updates += 1

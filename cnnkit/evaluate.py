@@ -79,20 +79,25 @@ def _forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, task:
 # ---------------------------------------------------------------------------------------- TTA
 
 
-def _shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Move the picture by (dy, dx) pixels, zero-filling the edge (as the training crop pads)."""
+def _shift(images: torch.Tensor, dy: int, dx: int, pad_mode: str = "zeros") -> torch.Tensor:
+    """Move the picture by (dy, dx) pixels, filling the uncovered edge as the training crop did:
+    with black (pad_mode zeros) or with the mirrored picture (reflect)."""
     _, _, h, w = images.shape
-    padded = F.pad(images, (1, 1, 1, 1))  # (B, C, H+2, W+2)
+    if pad_mode == "reflect":
+        padded = F.pad(images.float(), (1, 1, 1, 1), mode="reflect").to(images.dtype)  # (B, C, H+2, W+2)
+    else:
+        padded = F.pad(images, (1, 1, 1, 1))  # (B, C, H+2, W+2)
     return padded[:, :, 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]  # (B, C, H, W)
 
 
-def tta_views(shift: bool) -> dict[str, View]:
-    """Name → uint8 batch transform. Flip always; with `shift`, ±1-pixel moves of both."""
+def tta_views(shift: bool, pad_mode: str = "zeros") -> dict[str, View]:
+    """Name → uint8 batch transform. Flip always; with `shift`, ±1-pixel moves of both, the edge
+    filled as the model's training crops filled it (`data.pad_mode`)."""
     views = {"original": lambda x: x, "flip": lambda x: x.flip(-1)}
     if shift:
         for dy, dx, name in ((0, 1, "+1x"), (0, -1, "-1x"), (1, 0, "+1y"), (-1, 0, "-1y")):
-            views[f"shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x, dy, dx)
-            views[f"flip+shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x.flip(-1), dy, dx)
+            views[f"shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x, dy, dx, pad_mode)
+            views[f"flip+shift {name}"] = lambda x, dy=dy, dx=dx: _shift(x.flip(-1), dy, dx, pad_mode)
     return views
 
 
@@ -163,7 +168,7 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     report = CheckpointEval(loaded.path, config.model.name, loaded.epoch, classes, result,
                             task.learned_kernel(loaded.model), runtime.describe(), task)
     if tta or tta_shift:
-        views = tta_views(tta_shift)
+        views = tta_views(tta_shift, config.data.pad_mode)
         averaged = measure(list(views.values()))
         report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy)
     if plots_dir is not None:

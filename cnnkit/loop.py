@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnkit import distributed
 from cnnkit.config import Config
-from cnnkit.data import Split, augment_batch, epoch_permutation
+from cnnkit.data import Split, alternating_flips, augment_batch, channel_tensors, epoch_permutation
 from cnnkit.device import Runtime
 from cnnkit.ema import WeightEMA
 from cnnkit.errors import TrainingError
@@ -53,56 +53,94 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
                     config: Config, epoch: int, mean: list[float], std: list[float], scaler=None,
                     ema: WeightEMA | None = None, stop: StopFlag | None = None,
                     report: Report | None = None) -> dict[str, float]:
-    """One epoch; returns the row's train_loss (and the task's train metrics), epoch_s and images_per_s."""
+    """One epoch; returns the row's train_loss (and the task's train metrics), epoch_s and images_per_s.
+
+    The step loop never waits for the device: losses and hits are summed on it, and the host looks
+    (finite loss? progress) only every `train.sync_every` steps and at the end of the epoch.
+    """
     model.train()
-    train_cfg, data_cfg = config.train, config.data
-    rank = distributed.rank()
-    batches = global_batches(len(split), train_cfg.batch_size, train_cfg.seed, epoch)
-    # Augmentation draws from its own generator seeded by (seed, epoch): resumable and rank-independent.
-    aug_gen = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
-    augment = data_cfg.augment and task.augments
-    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
-    seen = 0
-    start = time.perf_counter()
-    for step, global_idx in enumerate(batches):
+    train_cfg = config.train
+    device = runtime.device
+    order = torch.stack(global_batches(len(split), train_cfg.batch_size, train_cfg.seed, epoch)).to(device)  # (S, B)
+    augment = _augmenter(config, task, epoch, len(split), device)
+    mean_t, std_t = channel_tensors(mean, std, device)  # made once, not per step
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss·images, hits, non-finite losses
+    window_start, seen = 0, 0
+    start = _now(device)
+    for step in range(len(order)):
         if stop is not None and stop.signum is not None:
             raise StopRequested()
-        idx = global_idx.to(runtime.device, non_blocking=True)
-        images = split.images[idx]  # (B, C, H, W) uint8
-        if augment:
-            # Every rank augments the whole global batch with the same draws, then keeps its share:
-            # the result is the same as one process, whatever the world size.
-            images = augment_batch(images, crop_padding=data_cfg.crop_padding, hflip=data_cfg.hflip,
-                                   generator=aug_gen)
+        idx = order[step]  # (B,) on the device
+        images = augment(split.images[idx], idx)  # (B, C, H, W) uint8, the whole global batch
         images, labels = distributed.shard(images), distributed.shard(split.labels[idx])
-        inputs = task.inputs(images, mean, std).contiguous(memory_format=runtime.memory_format)  # (b, C, H, W)
+        inputs = task.inputs(images, mean_t, std_t).contiguous(memory_format=runtime.memory_format)  # (b, C, H, W)
         targets = task.targets(inputs, labels)
         with runtime.autocast():
             outputs = model(inputs)
             loss = task.loss(outputs.float(), targets, train_cfg.label_smoothing)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{len(batches)}; "
-                f"{kept(epoch + 1)} — lower optim.lr (now {optimizer.param_groups[0]['lr']:.3g}) "
-                "or set train.grad_clip"
-            )
         _step(loss, model, optimizer, scheduler, scaler, ema, train_cfg.grad_clip)
-        batch = labels.shape[0]
-        loss_sum += loss.detach().double() * batch
-        correct += task.hits(outputs, labels)
-        seen += batch
-        if report is not None and rank == 0:
-            report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(batches),
-                    "loss": float(loss.detach())})
-    seconds = time.perf_counter() - start
-    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                                     torch.tensor(float(seen), device=loss_sum.device,
-                                                                  dtype=torch.float64)]))
-    n = max(1.0, totals[2].item())
-    result = {"train_loss": totals[0].item() / n, "epoch_s": seconds, "images_per_s": n / seconds}
-    result.update(task.train_fields(totals[1].item() / n))
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        sums += torch.stack([torch.where(finite, loss, 0.0).double() * labels.shape[0],
+                             task.hits(outputs, labels).double(), (~finite).double()])
+        seen += labels.shape[0]
+        last = step + 1 == len(order)
+        if (step + 1 - window_start) >= train_cfg.sync_every or last:
+            _check_window(sums, loss, step + 1 - window_start, scaler, epoch, step, len(order), optimizer)
+            window_start = step + 1
+        if report is not None and distributed.rank() == 0:
+            report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(order),
+                    "loss": float(loss) if window_start == step + 1 else None})
+    seconds = _now(device) - start
+    return _epoch_totals(sums, seen, seconds, task)
+
+
+def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.device):
+    """(uint8 batch, its indices) → the augmented batch, with this epoch's draws on the device.
+
+    Every rank augments the whole global batch with the same draws (a generator seeded by
+    (seed, epoch)) and then keeps its share: the result is the one a single process gets.
+    """
+    data_cfg = config.data
+    if not (data_cfg.augment and task.augments):
+        return lambda images, idx: images
+    generator = torch.Generator(device=device).manual_seed(config.train.seed * 1_000_003 + epoch)
+    flips = (alternating_flips(n, config.train.seed, epoch, device)
+             if data_cfg.hflip and data_cfg.flip_mode == "alternate" else None)  # (n,) bool
+    return lambda images, idx: augment_batch(images, crop_padding=data_cfg.crop_padding, hflip=data_cfg.hflip,
+                                             generator=generator, pad_mode=data_cfg.pad_mode,
+                                             flip=None if flips is None else flips[idx])
+
+
+def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, epoch: int, step: int,
+                  steps: int, optimizer) -> None:
+    """The one host sync of a window: was every loss in it finite? Without a grad scaler one
+    non-finite loss has already poisoned the weights; with one (fp16) the scaler skipped those
+    steps, and only a window that is non-finite throughout means training has truly diverged."""
+    bad = int(sums[2].item())
+    if bad and (scaler is None or bad >= window):
+        why = "every step of the last" if scaler is not None else f"{bad} of the last"
+        raise TrainingError(
+            f"loss became {float(loss)} ({why} {window} steps non-finite) at epoch {epoch + 1}, step "
+            f"{step + 1}/{steps}; {kept(epoch + 1)} — lower optim.lr (now {optimizer.param_groups[0]['lr']:.3g}) "
+            "or set train.grad_clip")
+    sums[2].zero_()
+
+
+def _epoch_totals(sums: torch.Tensor, seen: int, seconds: float, task: Task) -> dict[str, float]:
+    seen_t = torch.tensor([float(seen)], dtype=torch.float64, device=sums.device)  # once an epoch
+    totals = distributed.all_reduce_sum(torch.cat([sums[:2], seen_t])).tolist()
+    n = max(1.0, totals[2])
+    result = {"train_loss": totals[0] / n, "epoch_s": seconds, "images_per_s": n / seconds}
+    result.update(task.train_fields(totals[1] / n))
     return result
+
+
+def _now(device: torch.device) -> float:
+    """Wall-clock time once the device has finished what was queued: epoch times that mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler, ema: WeightEMA | None,
@@ -111,16 +149,14 @@ def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler, em
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
+        optimizer.unscale_(scaler)
     else:
         loss.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step(scaler)  # through the scaler, which skips the step on an fp16 overflow
     if scaler is not None:
-        scaler.step(optimizer)
         scaler.update()
-    else:
-        optimizer.step()
     scheduler.step()
     if ema is not None:
         ema.update()

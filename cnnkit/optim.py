@@ -1,34 +1,130 @@
-"""Registries for optimisers and learning-rate schedules. Configs name an entry and pass kwargs."""
+"""Registries for optimisers and learning-rate schedules. Configs name an entry and pass kwargs.
+
+A config may give some parameters optimisers of their own (`optim.groups`): e.g. the conv filters
+to Muon, the norm biases and the head to SGD, each with its lr, weight decay and schedule length.
+Each group is its own torch optimiser; `OptimizerSet` steps them together and `ScheduleSet` moves
+their learning rates, so the loop sees one optimiser and one schedule either way.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from cnnkit.errors import ConfigError
+from cnnkit.muon import Muon
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
+    "muon": Muon,
 }
 
 
-def build_optimizer(params, name: str, lr: float, weight_decay: float, kwargs: dict) -> torch.optim.Optimizer:
+def build_optimizer(params, name: str, lr: float, weight_decay: float, kwargs: dict,
+                    where: str = "optim") -> torch.optim.Optimizer:
     cls = OPTIMIZERS[name]
     accepted = set(inspect.signature(cls).parameters) - {"params", "lr", "weight_decay"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         useful = sorted(accepted - {"foreach", "capturable", "differentiable", "fused", "maximize"})
-        raise ConfigError(f"optim.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: {', '.join(useful)}")
+        raise ConfigError(f"{where}.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: {', '.join(useful)}")
     try:
         return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"optim.kwargs: {exc}") from None
+        raise ConfigError(f"{where}.kwargs: {exc}") from None
 
+
+# ---------------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class GroupPlan:
+    """One optimiser's share of the parameters, as the config asks for it."""
+
+    where: str  # "optim" or "optim.groups[i]", for error messages
+    name: str
+    lr: float
+    weight_decay: float
+    kwargs: dict
+    schedule_epochs: float | None
+    params: list[nn.Parameter]
+
+
+def plan_groups(model: nn.Module, optim, batch_size: int) -> list[GroupPlan]:
+    """Each trainable parameter to the first `optim.groups` entry that matches its name, the rest to
+    `optim` itself. A group that matches nothing is an error: its patterns are surely mistyped."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    plans = [GroupPlan(f"optim.groups[{i}]", g.name, g.lr * (batch_size if g.lr_per_image else 1), g.weight_decay,
+                       g.kwargs, g.schedule_epochs, [])
+             for i, g in enumerate(optim.groups)]
+    rest = GroupPlan("optim", optim.name, optim.lr, optim.weight_decay, optim.kwargs, None, [])
+    for name, param in named:
+        index = next((i for i, g in enumerate(optim.groups)
+                      if any(fnmatch.fnmatchcase(name, pattern) for pattern in g.params)), None)
+        (plans[index] if index is not None else rest).params.append(param)
+    for plan, group in zip(plans, optim.groups, strict=True):
+        if not plan.params:
+            sample = ", ".join(n for n, _ in named[:4])
+            raise ConfigError(f"{plan.where}.params: {group.params} match no trainable parameter; "
+                              f"names look like: {sample}, ... (see `cnnkit shapes --model NAME`)")
+    return [p for p in [*plans, rest] if p.params]
+
+
+class OptimizerSet:
+    """Several optimisers stepped as one. With a single one, its state_dict is saved as it is (so
+    checkpoints from before groups existed still load)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        for opt in self.optimizers:
+            if scaler is None:
+                opt.step()
+            else:
+                scaler.step(opt)  # skips the step when the fp16 gradients overflowed
+
+    def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        for opt in self.optimizers:
+            scaler.unscale_(opt)
+
+    def state_dict(self) -> dict:
+        if len(self.optimizers) == 1:
+            return self.optimizers[0].state_dict()
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["optimizers"] if "optimizers" in state else [state]
+        if len(states) != len(self.optimizers):
+            raise ConfigError(f"the checkpoint holds {len(states)} optimiser(s) and the config makes "
+                              f"{len(self.optimizers)}; resume with the config it was trained with")
+        for opt, saved in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(saved)
+
+
+def build_optimizers(model: nn.Module, optim, batch_size: int) -> tuple[OptimizerSet, list[GroupPlan]]:
+    plans = plan_groups(model, optim, batch_size)
+    return OptimizerSet([build_optimizer(p.params, p.name, p.lr, p.weight_decay, p.kwargs, p.where)
+                         for p in plans]), plans
+
+
+# ---------------------------------------------------------------------------------------- schedules
 
 # A schedule maps progress to a multiplier of the base lr. Arguments: the step (0-based), the total
 # number of steps, the warm-up steps, and the final lr as a fraction of the peak.
@@ -70,3 +166,35 @@ def build_scheduler(optimizer, name: str, total_steps: int, warmup_steps: int, f
     fn = SCHEDULES[name]
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: fn(step, total_steps, warmup_steps, final_lr_ratio))
+
+
+class ScheduleSet:
+    """One LambdaLR per optimiser of an OptimizerSet, stepped together (state saved like OptimizerSet's)."""
+
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR]):
+        self.schedulers = schedulers
+
+    def step(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def state_dict(self) -> dict:
+        if len(self.schedulers) == 1:
+            return self.schedulers[0].state_dict()
+        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["schedulers"] if "schedulers" in state else [state]
+        for scheduler, saved in zip(self.schedulers, states, strict=True):
+            scheduler.load_state_dict(saved)
+
+
+def build_schedules(optimizers: OptimizerSet, plans: list[GroupPlan], schedule, steps_per_epoch: int,
+                    epochs: int) -> ScheduleSet:
+    """The configured schedule for every group, over the run or over the group's `schedule_epochs`."""
+    warmup = round(schedule.warmup_epochs * steps_per_epoch)
+    schedulers = []
+    for opt, plan in zip(optimizers.optimizers, plans, strict=True):
+        total = round((plan.schedule_epochs or epochs) * steps_per_epoch)
+        schedulers.append(build_scheduler(opt, schedule.name, total, min(warmup, total), schedule.final_lr_ratio))
+    return ScheduleSet(schedulers)

@@ -329,6 +329,7 @@ SHAPE_RULES: dict[type, Rule] = {
     nn.AvgPool2d: _avgpool_rule,
     nn.BatchNorm2d: _same_shape_rule,
     nn.ReLU: _same_shape_rule,
+    nn.GELU: _same_shape_rule,
     nn.Dropout: _same_shape_rule,
     nn.Identity: _same_shape_rule,
     nn.Flatten: _flatten_rule,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from cnnkit.device import Runtime
 from cnnkit.ema import WeightEMA
 from cnnkit.errors import ConfigError
 from cnnkit.loop import global_batches
-from cnnkit.optim import build_optimizer, build_scheduler
+from cnnkit.optim import OptimizerSet, ScheduleSet, build_optimizers, build_schedules
 from cnnkit.tasks import Task
 
 
@@ -29,8 +28,8 @@ from cnnkit.tasks import Task
 class TrainState:
     model: nn.Module  # the weights the optimiser steps, unwrapped
     train_model: nn.Module  # `model` as the loop calls it: DDP-wrapped and/or compiled when configured
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    optimizer: OptimizerSet
+    scheduler: ScheduleSet
     scaler: torch.amp.GradScaler | None
     ema: WeightEMA | None
     steps_per_epoch: int
@@ -62,24 +61,27 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int,
-                payload: dict | None = None, source: str = "") -> TrainState:
-    """A fresh state from `config` (seeded), or, with a checkpoint `payload`, the one it saved."""
+                payload: dict | None = None, source: str = "", init_images: torch.Tensor | None = None) -> TrainState:
+    """A fresh state from `config` (seeded), or, with a checkpoint `payload`, the one it saved.
+
+    `init_images` (normalised training images) go to the model's `init_from_data`, if it has one
+    (e.g. the fast model's whitening conv), before a fresh run's first step.
+    """
     train = config.train
     torch.manual_seed(train.seed)
     model = model_from_config(config, num_classes)
+    init_from_data = getattr(model, "init_from_data", None)
+    if payload is None and init_from_data is not None and init_images is not None:
+        init_from_data(init_images)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, config.optim.name, config.optim.lr, config.optim.weight_decay,
-                                config.optim.kwargs)
+    optimizer, plans = build_optimizers(model, config.optim, train.batch_size)
     steps_per_epoch = len(global_batches(n_train, train.batch_size, 0, 0))
-    scheduler = build_scheduler(optimizer, config.schedule.name, steps_per_epoch * train.epochs,
-                                round(config.schedule.warmup_epochs * steps_per_epoch),
-                                config.schedule.final_lr_ratio)
+    scheduler = build_schedules(optimizer, plans, config.schedule, steps_per_epoch, train.epochs)
     scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" else None
     state = TrainState(model, model, optimizer, scheduler, scaler, None, steps_per_epoch)
     if payload is not None:
         restore(state, payload, source, train.epochs)
-    if train.ema_decay is not None:
+    if train.ema_decay:  # 0 and None both mean no average
         state.ema = WeightEMA(model, train.ema_decay, updates=int(payload.get("ema_updates", 0)) if payload else 0)
         if payload is not None and "train_model" in payload:
             load_model_state(state.ema.module, payload["model"], source)

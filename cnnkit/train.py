@@ -30,7 +30,7 @@ from cnnkit.curves import write_curves
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import ConfigError, Interrupted, TrainingError
-from cnnkit.evaluate import evaluate
+from cnnkit.evaluate import evaluate, tta_views
 from cnnkit.fileio import atomic_write_text
 from cnnkit.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.metrics import EvalResult
@@ -49,6 +49,8 @@ class FitResult:
     task: Task
     kernel: list[list[float]] | None = None
     extra: dict = field(default_factory=dict)
+    tta: EvalResult | None = None  # the final test with train.tta's views averaged
+    tta_views: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,7 +93,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     payload = (resume_payload or load_checkpoint(resume)) if resume is not None else None
     run = Run(config, task, runtime, prepared, choose_run_dir(config, run_name, overwrite, resume), report,
               wall_start)
-    state = build_state(config, runtime, len(prepared.classes), len(prepared.train), payload, str(resume))
+    state = build_state(config, runtime, len(prepared.classes), len(prepared.train), payload, str(resume),
+                        init_images=_init_images(config, task, prepared) if payload is None else None)
     if run.is_main:
         atomic_write_text(run.run_dir / "config.yaml", config.to_yaml())
     train, val, test = (to_device(s, runtime.device) for s in (prepared.train, prepared.val, prepared.test))
@@ -101,9 +104,11 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
             _run_epoch(run, state, epoch, train, val, test, stop)
     if run.is_main:
         write_curves([run.run_dir], run.run_dir / "curves.png")  # the run at a glance
-    result = FitResult(run.run_dir, state.history, state.best["epoch"], _final_test(run, state, test),
-                       prepared.classes, task, task.learned_kernel(state.model),
-                       {"wall_s": time.time() - wall_start})
+    test_result = _final_test(run, state, test)
+    result = FitResult(run.run_dir, state.history, state.best["epoch"], test_result,
+                       prepared.classes, task, task.learned_kernel(state.model), {"wall_s": time.time() - wall_start})
+    if test is not None and config.train.tta != "none" and "tta" not in task.refusals:
+        result.tta_views, result.tta = _final_tta(run, state, test)
     report({"kind": "end", "result": result})
     distributed.teardown()
     return result
@@ -118,6 +123,12 @@ def _prepare(config: Config, data_root: str | None) -> Prepared:
                           f"{'x'.join(map(str, actual))}; drop model.in_channels/model.input_size or fix them")
     config.data.mean, config.data.std = prepared.mean, prepared.std
     return prepared
+
+
+def _init_images(config: Config, task: Task, prepared: Prepared) -> torch.Tensor:
+    """The first training images as the model will see them, for a model's `init_from_data`."""
+    images = prepared.train.images[: config.train.data_init_images]  # (N, C, H, W) uint8
+    return task.inputs(images, prepared.mean, prepared.std)
 
 
 def _start_event(run: Run, state: TrainState) -> dict:
@@ -187,6 +198,16 @@ def _final_test(run: Run, state: TrainState, test: Split | None) -> EvalResult |
         return None
     # Always fp32, as `cnnkit eval` does, so both print the same number for this checkpoint.
     return run.evaluate(state.model, test, dataclasses.replace(run.runtime, precision="fp32"))
+
+
+def _final_tta(run: Run, state: TrainState, test: Split) -> tuple[list[str], EvalResult]:
+    """best.pt on the test set again, its outputs averaged over train.tta's views (as cnnkit eval --tta)."""
+    views = tta_views(run.config.train.tta == "flip_shift", run.config.data.pad_mode)
+    fp32 = dataclasses.replace(run.runtime, precision="fp32")
+    result = evaluate(state.model, test, task=run.task, runtime=fp32, batch_size=run.config.train.eval_batch_size,
+                      mean=run.prepared.mean, std=run.prepared.std, num_classes=len(run.prepared.classes),
+                      views=list(views.values()))
+    return list(views), result
 
 
 # ---------------------------------------------------------------------------------------- signals

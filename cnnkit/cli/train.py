@@ -56,7 +56,9 @@ class _TrainView:
 
     def on_step(self, e: dict) -> None:
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=e["step"], total=e["steps"], epoch=e["epoch"], loss=e["loss"])
+            # The loss arrives only at the loop's sync points; between them the bar keeps the last one.
+            known = {"loss": e["loss"]} if e["loss"] is not None else {}
+            self.progress.update(self.task_id, completed=e["step"], total=e["steps"], epoch=e["epoch"], **known)
 
     def on_epoch(self, e: dict) -> None:
         parts = [f"epoch {e['epoch']:>3}", f"train_loss {e['train_loss']:.4f}"]
@@ -81,6 +83,9 @@ class _TrainView:
         if r.kernel is not None:
             k = r.kernel
             print(f"learned kernel: {[[round(v, 4) for v in row] for row in k]}  (target [[1, -1]])")
+        if r.tta is not None:
+            print(f"with TTA ({len(r.tta_views)} views averaged): test accuracy {r.tta.accuracy:.4f}, "
+                  f"loss {r.tta.loss:.4f}")
         if r.test is not None:
             print(f"best.pt (epoch {r.best_epoch}): {r.task.fit_line(r.test)}")
         print(f"run folder: {r.run_dir}  ({r.extra['wall_s']:.1f} s)")

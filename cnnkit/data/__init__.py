@@ -15,10 +15,18 @@ from cnnkit.data.datasets import DATASETS, DatasetEntry, Prepared, prepare_data,
 from cnnkit.data.image_folder import CIFAR10_CLASSES
 from cnnkit.data.sources import load_cifar10, resolve_data_root
 from cnnkit.data.splits import CifarData, Split, epoch_permutation, split_train_val, take_subset
-from cnnkit.data.transforms import augment_batch, channel_stats, normalize, to_grayscale
+from cnnkit.data.transforms import (
+    alternating_flips,
+    augment_batch,
+    channel_stats,
+    channel_tensors,
+    normalize,
+    to_grayscale,
+)
 
 __all__ = [
-    "CIFAR10_CLASSES", "DATASETS", "CifarData", "DatasetEntry", "Prepared", "Split", "augment_batch",
+    "CIFAR10_CLASSES", "DATASETS", "CifarData", "DatasetEntry", "Prepared", "Split", "alternating_flips",
+    "augment_batch", "channel_tensors",
     "channel_stats", "default_cache_dir", "epoch_permutation", "load_cifar10", "normalize", "prepare_data",
     "resolve_data_root", "split_train_val", "take_subset", "to_device", "to_grayscale",
 ]

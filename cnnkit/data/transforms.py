@@ -40,41 +40,79 @@ def channel_stats(images: torch.Tensor, chunk: int = 2048) -> tuple[list[float],
     return mean.tolist(), std.tolist()
 
 
-def augment_batch(
-    images: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator
-) -> torch.Tensor:
-    """Random zero-padded crop and random horizontal flip (p=0.5), each image its own draw.
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map coordinates up to `size − 1` beyond either edge back inside, mirroring without repeating
+    the edge pixel (torch's 'reflect' padding): −1 → 1, size → size − 2."""
+    index = index.abs()  # (…,) the left/top edge
+    return (size - 1) - (size - 1 - index).abs()  # (…,) the right/bottom edge
 
-    The random numbers come from `generator` on the CPU (crop offsets first, then flips), so the
-    result is identical on every device. All images are gathered in one indexing op.
+
+def augment_batch(
+    images: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator,
+    pad_mode: str = "zeros", flip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Random translation by up to `crop_padding` pixels and horizontal flips, each image its own draw.
+
+    The draws come from `generator`, which lives on the images' device (no host round trip), crop
+    offsets first, then flips; on the CPU a seeded generator gives the same images on every run.
+    pad_mode "zeros" fills what the translation uncovers with black (the classic padded crop);
+    "reflect" mirrors the picture there. `flip` (B,) bool, when given, says which images to mirror
+    (the alternating scheme); otherwise each flips with p = 0.5. One gather makes the whole batch.
     """
     if crop_padding <= 0 and not hflip:
         return images
     B, C, H, W = images.shape
-    p = max(crop_padding, 0)
-    dy = torch.randint(0, 2 * p + 1, (B,), generator=generator)  # (B,) top of the crop window
-    dx = torch.randint(0, 2 * p + 1, (B,), generator=generator)  # (B,) left of the crop window
-    rows = dy[:, None] + torch.arange(H)  # (B, H) rows of the padded image to read
-    cols = dx[:, None] + torch.arange(W)  # (B, W)
-    if hflip:
-        flip = torch.rand(B, generator=generator) < 0.5  # (B,)
-        cols = torch.where(flip[:, None], cols.flip(1), cols)  # (B, W) reading right-to-left flips
     device = images.device
-    padded = F.pad(images, (p, p, p, p)) if p else images  # (B, C, H+2p, W+2p), zeros around
-    return padded[
+    p = max(crop_padding, 0)
+    dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) top of the crop window
+    dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) left of the crop window
+    rows = dy[:, None] + torch.arange(H, device=device)  # (B, H) rows of the padded image to read
+    cols = dx[:, None] + torch.arange(W, device=device)  # (B, W)
+    if hflip:
+        if flip is None:
+            flip = torch.rand(B, generator=generator, device=device) < 0.5  # (B,)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)  # (B, W) reading right-to-left flips
+    if pad_mode == "reflect":
+        # Read the mirrored pixels straight from the unpadded images: no padded copy of the batch.
+        source, rows, cols = images, _reflect(rows - p, H), _reflect(cols - p, W)
+    else:
+        source = F.pad(images, (p, p, p, p)) if p else images  # (B, C, H+2p, W+2p), zeros around
+    return source[
         torch.arange(B, device=device)[:, None, None, None],
         torch.arange(C, device=device)[None, :, None, None],
-        rows.to(device)[:, None, :, None],
-        cols.to(device)[:, None, None, :],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
     ]  # (B, C, H, W)
 
 
+def alternating_flips(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """(n,) bool: which of the n training images to mirror in `epoch`. A random half (fixed by the
+    seed) on even epochs and the other half on odd ones, so every image is seen both ways in any two
+    consecutive epochs (airbench's alternating flip, worth about an epoch of random flips)."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed + 7_919)) < 0.5  # (n,) on the CPU
+    return (first ^ bool(epoch % 2)).to(device)
+
+
 def normalize(
-    images: torch.Tensor, mean: list[float], std: list[float], dtype: torch.dtype = torch.float32
+    images: torch.Tensor, mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> (x/255 - mean)/std in `dtype`, on images.device."""
+    """uint8 (B, C, H, W) -> (x/255 - mean)/std in `dtype`, on images.device.
+
+    `mean`/`std` may be lists, or (1, C, 1, 1) float32 tensors on the images' device made once by
+    `channel_tensors` (the training loop's way: no tensor built from host values per step).
+    """
     # Computed in float32 even for half dtypes, then cast once.
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    mean_t, std_t = channel_tensors(mean, std, images.device)
     x = images.to(torch.float32).div_(255).sub_(mean_t).div_(std_t)  # (B, C, H, W)
     return x.to(dtype)
+
+
+def channel_tensors(mean: list[float] | torch.Tensor, std: list[float] | torch.Tensor,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) float32 mean and std on `device` (tensors already there pass through)."""
+    if not isinstance(mean, torch.Tensor):
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    if not isinstance(std, torch.Tensor):
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return mean, std

@@ -17,10 +17,11 @@ from torch import nn
 from cnnkit.errors import ConfigError
 from cnnkit.models.bn_cnn import BNCNN, ConvBNReLU
 from cnnkit.models.edge import Corr2d, EdgeDetector
+from cnnkit.models.fast import FastNet
 from cnnkit.models.lenet import LeNet
 from cnnkit.shapes import Pair
 
-__all__ = ["MODELS", "BNCNN", "ConvBNReLU", "Corr2d", "EdgeDetector", "LeNet", "ModelEntry", "build_model",
+__all__ = ["MODELS", "BNCNN", "ConvBNReLU", "Corr2d", "EdgeDetector", "FastNet", "LeNet", "ModelEntry", "build_model",
            "count_params"]
 
 
@@ -36,6 +37,7 @@ MODELS: dict[str, ModelEntry] = {
     "lenet": ModelEntry(LeNet, "classify", "LeNet-style CIFAR-10 net of seed 004 (conv6-conv16-fc120-84)"),
     "bn_cnn": ModelEntry(BNCNN, "classify", "BatchNorm CNN of seed 003 (conv25-conv50-fc1024-128)"),
     "edge": ModelEntry(EdgeDetector, "edge", "edge-detector toy of seed 000: one 1×2 kernel, no bias", channels=1),
+    "fast": ModelEntry(FastNet, "classify", "speed net after airbench: 2×2 whitening conv, 3 conv-pool-BN-GELU groups"),
 }
 
 
