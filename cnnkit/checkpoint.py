@@ -145,10 +145,15 @@ _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
                                                        and all(map(_is_optimizer_state, v["optimizers"]))),
                   "an optimizer state_dict (or, with optim.groups, a list of them under 'optimizers')"),
     "scheduler": (_is_str_dict, "a scheduler state_dict"),
-    "rng": (lambda v: _is_str_dict(v) and isinstance(v.get("torch"), torch.Tensor)
-            and v["torch"].dtype == torch.uint8, "a dict holding the torch RNG state"),
+    "rng": (lambda v: _is_str_dict(v) and _is_rng_state(v.get("torch"))
+            and (v.get("cuda") is None or (isinstance(v["cuda"], list) and all(map(_is_rng_state, v["cuda"])))),
+            "a dict holding the torch RNG state (and a list of CUDA devices' states)"),
     "task": (lambda v: isinstance(v, str), "a task name"),
 }
+
+
+def _is_rng_state(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
 
 
 def _is_optimizer_state(value: Any) -> bool:

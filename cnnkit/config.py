@@ -74,6 +74,9 @@ class DataConfig(Section):
     download: bool = False
     cache_dir: Optional[str] = None
     val_split: int = Field(default=0, ge=0)
+    # Picks which images are held out for validation. Separate from train.seed (and fixed by default)
+    # so that a seed sweep compares its runs on one and the same validation set.
+    split_seed: int = 0
     subset: Optional[int] = Field(default=None, ge=1)
     grayscale: bool = False
     augment: bool = False
@@ -173,6 +176,12 @@ class TrainConfig(Section):
     # The loop syncs with the device only every this many steps: to check the loss is finite and to
     # update the progress view (the epoch's totals are reduced on the device).
     sync_every: int = Field(default=50, ge=1)
+    # Start a new run from these weights (a checkpoint's `model`: the average, with an EMA), with
+    # this config's own fresh optimiser and schedule: a fine-tune. `cnnkit train --init-from X` sets it.
+    init_from: Optional[str] = None
+    # Under DDP, BatchNorm normalises over the global batch (torch's SyncBatchNorm on CUDA, cnnkit's
+    # on the CPU) instead of each process's share. None = on under DDP when the model has BatchNorm.
+    sync_bn: Optional[bool] = None
 
     @field_validator("device")
     @classmethod

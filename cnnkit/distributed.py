@@ -76,6 +76,74 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's largest value: how ranks agree on a flag (stop, non-finite) so they leave together."""
+    if is_distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------- SyncBatchNorm
+
+
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for gloo (torch's SyncBatchNorm runs on GPUs only).
+
+    In training under DDP the per-channel mean and variance are all-reduced (autograd flows
+    through the all-reduce, as in torch's SyncBatchNorm), so N processes normalise, and update
+    the running statistics, exactly as one process with the whole batch would. Elsewhere it is
+    plain BatchNorm, and its state_dict keys are BatchNorm's.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce as all_reduce_autograd
+
+        x = input.float()  # (b, C, ...) statistics in fp32 even under autocast
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = x.numel() // x.shape[1] * world_size()  # values per channel in the global batch
+        mean = all_reduce_autograd(x.sum(dims)) / count  # (C,)
+        centred = x - mean.view(shape)  # (b, C, ...)
+        var = all_reduce_autograd(centred.square().sum(dims)) / count  # (C,) biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / max(1, count - 1), factor)  # unbiased, as BatchNorm
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer of `model` normalising over the global batch: torch's SyncBatchNorm on
+    CUDA (NCCL), CpuSyncBatchNorm on the CPU (gloo). Parameters and buffers are kept, not copied."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, CpuSyncBatchNorm):
+        sync = CpuSyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                                model.track_running_stats)
+        if model.affine:
+            sync.weight, sync.bias = model.weight, model.bias
+        if model.track_running_stats:
+            sync.running_mean, sync.running_var = model.running_mean, model.running_var
+            sync.num_batches_tracked = model.num_batches_tracked
+        sync.train(model.training)
+        return sync
+    for name, child in model.named_children():
+        model.add_module(name, convert_sync_batchnorm(child, device))
+    return model
+
+
 def wrap(model: nn.Module, runtime) -> nn.Module:
     if not is_distributed():
         return model
@@ -109,6 +177,7 @@ def teardown() -> None:
 def launch(nproc: int, cnnkit_args: list[str]) -> int:
     """`cnnkit train --nproc N ...`: the same as `torchrun --nproc_per_node=N -m cnnkit train ...`."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = ["--nproc_per_node", str(nproc), "--standalone", "-m", "cnnkit", *cnnkit_args]
@@ -118,4 +187,9 @@ def launch(nproc: int, cnnkit_args: list[str]) -> int:
         # The failing worker already printed its own one-line error; pass its exit code on.
         codes = [f.exitcode for f in exc.failures.values() if f.exitcode]
         return codes[0] if codes and codes[0] > 0 else 1
+    except SignalException as exc:
+        # Ctrl-C reaches torchrun alone (its workers run in their own session); it passes the signal
+        # on, the workers agree to stop at their next sync point and print how to resume, and it
+        # re-raises here once they have exited. Exit as a single process would.
+        return 128 + int(exc.sigval)
     return 0

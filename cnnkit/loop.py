@@ -66,9 +66,13 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     mean_t, std_t = channel_tensors(mean, std, device)  # made once, not per step
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss·images, hits, non-finite losses
     window_start, seen = 0, 0
+    stop = stop if stop is not None else StopFlag()
+    # One process checks the flag before every step; under DDP the ranks decide together at the
+    # sync points (_check_window), since a rank leaving alone strands the others in an all-reduce.
+    solo = distributed.world_size() == 1
     start = _now(device)
     for step in range(len(order)):
-        if stop is not None and stop.signum is not None:
+        if solo and stop.signum is not None:
             raise StopRequested()
         idx = order[step]  # (B,) on the device
         images = augment(split.images[idx], idx)  # (B, C, H, W) uint8, the whole global batch
@@ -86,7 +90,7 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
         seen += labels.shape[0]
         last = step + 1 == len(order)
         if (step + 1 - window_start) >= train_cfg.sync_every or last:
-            _check_window(sums, loss, step + 1 - window_start, scaler, epoch, step, len(order), optimizer)
+            _check_window(sums, loss, step + 1 - window_start, scaler, epoch, step, len(order), optimizer, stop)
             window_start = step + 1
         if report is not None and distributed.rank() == 0:
             report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(order),
@@ -113,11 +117,20 @@ def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.dev
 
 
 def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, epoch: int, step: int,
-                  steps: int, optimizer) -> None:
-    """The one host sync of a window: was every loss in it finite? Without a grad scaler one
-    non-finite loss has already poisoned the weights; with one (fp16) the scaler skipped those
-    steps, and only a window that is non-finite throughout means training has truly diverged."""
-    bad = int(sums[2].item())
+                  steps: int, optimizer, stop: StopFlag | None = None) -> None:
+    """The one host sync of a window: was every loss in it finite, and was a stop asked for?
+
+    Without a grad scaler one non-finite loss has already poisoned the weights; with one (fp16)
+    the scaler skipped those steps, and only a window that is non-finite throughout means
+    training has truly diverged. Under DDP both answers are every rank's worst (one all-reduce),
+    so all ranks stop, or raise, at the same step.
+    """
+    signum = stop.signum if stop is not None and stop.signum is not None else 0
+    flags = torch.stack([sums[2], torch.tensor(float(signum), dtype=sums.dtype, device=sums.device)])  # (2,)
+    bad, agreed_signum = (int(v) for v in distributed.all_reduce_max(flags).tolist())
+    if agreed_signum and stop is not None:
+        stop.signum = stop.signum or agreed_signum  # a rank the signal has not reached yet stops too
+        raise StopRequested()
     if bad and (scaler is None or bad >= window):
         why = "every step of the last" if scaler is not None else f"{bad} of the last"
         raise TrainingError(

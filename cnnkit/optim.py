@@ -159,6 +159,8 @@ def onecycle(step: int, total: int, warmup: int, final: float) -> float:
 
 
 SCHEDULES: dict[str, ScheduleFn] = {"constant": constant, "cosine": cosine, "onecycle": onecycle}
+# Schedules shaped by the run's total length: a resume cannot change train.epochs under them.
+SCHEDULES_OVER_THE_RUN = frozenset({"cosine", "onecycle"})
 
 
 def build_scheduler(optimizer, name: str, total_steps: int, warmup_steps: int, final_lr_ratio: float

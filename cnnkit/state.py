@@ -14,11 +14,11 @@ from torch import nn
 
 from cnnkit import distributed
 from cnnkit.build import model_from_config
-from cnnkit.checkpoint import load_model_state
+from cnnkit.checkpoint import load_checkpoint, load_model_state
 from cnnkit.config import Config
 from cnnkit.device import Runtime
 from cnnkit.ema import WeightEMA
-from cnnkit.errors import ConfigError
+from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.loop import global_batches
 from cnnkit.optim import OptimizerSet, ScheduleSet, build_optimizers, build_schedules
 from cnnkit.tasks import Task
@@ -39,8 +39,14 @@ class TrainState:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights to judge (and save as `model`): the average when there is one."""
-        return self.ema.module if self.ema is not None else self.train_model
+        """The weights to judge (and save as `model`): the average when there is one.
+
+        Never the DDP wrapper: its forward broadcasts buffers from rank 0, and evaluation is
+        sharded, so ranks past the last batch would leave rank 0's broadcast waiting for them.
+        """
+        if self.ema is not None:
+            return self.ema.module
+        return self.model if distributed.is_distributed() else self.train_model
 
     def payload(self, epoch_done: int, config: Config, classes: list[str], task: Task) -> dict:
         """The checkpoint: everything needed to evaluate the model and to resume training bit for bit."""
@@ -52,8 +58,25 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": epoch_done, "config": config.to_dict(), "classes": classes,
             "metrics": self.history, "best": self.best, "task": task.name,
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": _rng_state(),
         }
+
+
+def _rng_state() -> dict:
+    """The CPU generator, and every CUDA device's when CUDA is in use (dropout draws there)."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()  # [(S,) uint8] one per device
+    return rng
+
+
+def _restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = rng.get("cuda")
+    if cuda and torch.cuda.is_available():
+        # A machine with fewer GPUs than the one that saved gets the first devices' states.
+        for device, state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,8 +94,12 @@ def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int
     torch.manual_seed(train.seed)
     model = model_from_config(config, num_classes)
     init_from_data = getattr(model, "init_from_data", None)
-    if payload is None and init_from_data is not None and init_images is not None:
+    if payload is None and train.init_from is not None:
+        _init_weights(model, train.init_from)  # a fine-tune: its weights, this config's fresh schedule
+    elif payload is None and init_from_data is not None and init_images is not None:
         init_from_data(init_images)
+    if use_sync_bn(train.sync_bn, model):
+        model = distributed.convert_sync_batchnorm(model, runtime.device)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer, plans = build_optimizers(model, config.optim, train.batch_size)
     steps_per_epoch = len(global_batches(n_train, train.batch_size, 0, 0))
@@ -99,10 +126,27 @@ def restore(state: TrainState, payload: dict, source: str, epochs: int) -> None:
     state.scheduler.load_state_dict(payload["scheduler"])
     if state.scaler is not None and payload.get("scaler"):
         state.scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["rng"]["torch"])
+    _restore_rng(payload["rng"])
     state.history = list(payload["metrics"])
     state.start_epoch = int(payload["epoch"])
     state.best = dict(payload["best"])
     if state.start_epoch >= epochs:
         raise ConfigError(f"{source}: this run already finished {state.start_epoch} epochs; "
                           f"raise train.epochs with --set train.epochs=N to train further")
+
+
+def _init_weights(model: nn.Module, path: str) -> None:
+    """Load a checkpoint's evaluated weights (`model`: the average, with an EMA) for a fine-tune."""
+    payload = load_checkpoint(path)
+    try:
+        load_model_state(model, payload["model"], path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from: {exc}") from None
+
+
+def use_sync_bn(setting: bool | None, model: nn.Module) -> bool:
+    """Whether BatchNorm should normalise over the global batch: only under DDP, only with BatchNorm."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not (distributed.is_distributed() and has_bn):
+        return False
+    return True if setting is None else setting

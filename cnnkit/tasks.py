@@ -90,8 +90,11 @@ class Task:
         """Whether a metrics row looks like this task's (for a run folder whose config is unreadable)."""
         raise NotImplementedError
 
-    def fit_line(self, result: EvalResult) -> str:
-        """`cnnkit train`'s closing line on the test set, after 'best.pt (epoch N): '."""
+    def fit_line(self, result: EvalResult, test_is_train: bool = False) -> str:
+        """`cnnkit train`'s closing line on the test set, after 'best.pt (epoch N): '.
+
+        `test_is_train`: the "test" set is the training data itself, and the line must say so.
+        """
         raise NotImplementedError
 
     def eval_line(self, result: EvalResult) -> str:
@@ -165,7 +168,7 @@ class Classification(Task):
     def reports(self, row):
         return "train_acc" in row
 
-    def fit_line(self, result):
+    def fit_line(self, result, test_is_train=False):
         return accuracy_line(result)
 
     def eval_line(self, result):
@@ -247,7 +250,9 @@ class EdgeMap(Task):
     def reports(self, row):
         return "train_acc" not in row
 
-    def fit_line(self, result):
+    def fit_line(self, result, test_is_train=False):
+        if test_is_train:  # the stripes toy: one picture, trained on and measured on
+            return f"fit MSE {result.mse:.3g} on the training picture (no held-out test set)"
         return f"test MSE {result.mse:.3g} on {result.n:,} images"
 
     def eval_line(self, result):

@@ -29,11 +29,12 @@ from cnnkit.config import Config, apply_overrides, config_from_dict, parse_overr
 from cnnkit.curves import write_curves
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
-from cnnkit.errors import ConfigError, Interrupted, TrainingError
+from cnnkit.errors import CheckpointError, ConfigError, Interrupted, TrainingError, one_line
 from cnnkit.evaluate import evaluate, tta_views
 from cnnkit.fileio import atomic_write_text
 from cnnkit.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.metrics import EvalResult
+from cnnkit.optim import SCHEDULES_OVER_THE_RUN
 from cnnkit.run_folder import choose_run_dir, write_metrics
 from cnnkit.state import TrainState, build_state
 from cnnkit.tasks import Task, task_for
@@ -51,6 +52,8 @@ class FitResult:
     extra: dict = field(default_factory=dict)
     tta: EvalResult | None = None  # the final test with train.tta's views averaged
     tta_views: list[str] = field(default_factory=list)
+    test_is_train: bool = False  # the "test" set is the training data (the edge toy's one picture)
+    warnings: list[str] = field(default_factory=list)  # e.g. curves.png could not be drawn
 
 
 @dataclass
@@ -78,8 +81,12 @@ class Run:
 def fit(config: Config, *, data_root: str | None = None, run_name: str | None = None, overwrite: bool = False,
         resume: str | Path | None = None, resume_payload: dict | None = None,
         report: Report = lambda event: None) -> FitResult:
-    """Train `config` to the end, writing a run folder; return the history and the test result."""
+    """Train `config` to the end, writing a run folder; return the history and the test result.
+
+    `config` itself is left as it was: the run works on a copy (which gains the data's mean/std).
+    """
     wall_start = time.time()
+    config = config.model_copy(deep=True)
     dist = distributed.setup(config.train.device)
     runtime = setup_runtime(dist.device_spec, config.train.precision, config.train.threads,
                             config.train.channels_last, config.train.deterministic)
@@ -102,16 +109,27 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     with stop_on_signals() as stop:
         for epoch in range(state.start_epoch, config.train.epochs):
             _run_epoch(run, state, epoch, train, val, test, stop)
-    if run.is_main:
-        write_curves([run.run_dir], run.run_dir / "curves.png")  # the run at a glance
     test_result = _final_test(run, state, test)
     result = FitResult(run.run_dir, state.history, state.best["epoch"], test_result,
-                       prepared.classes, task, task.learned_kernel(state.model), {"wall_s": time.time() - wall_start})
+                       prepared.classes, task, task.learned_kernel(state.model), {"wall_s": time.time() - wall_start},
+                       test_is_train=prepared.test is prepared.train)
     if test is not None and config.train.tta != "none" and "tta" not in task.refusals:
         result.tta_views, result.tta = _final_tta(run, state, test)
+    if run.is_main:
+        result.warnings += _draw_curves(run.run_dir)  # after the numbers: a picture must not cost them
     report({"kind": "end", "result": result})
     distributed.teardown()
     return result
+
+
+def _draw_curves(run_dir: Path) -> list[str]:
+    """curves.png, the run at a glance; a failure to draw it is a warning, never a failed run."""
+    try:
+        write_curves([run_dir], run_dir / "curves.png")
+    except Exception as exc:  # matplotlib and the file system fail in many ways; none matters to the run
+        return [f"curves.png was not drawn ({one_line(exc)}); the run's numbers and checkpoints are complete — "
+                f"try `cnnkit plot {run_dir}`"]
+    return []
 
 
 def _prepare(config: Config, data_root: str | None) -> Prepared:
@@ -138,7 +156,8 @@ def _start_event(run: Run, state: TrainState) -> dict:
             "train_n": len(p.train), "val_n": len(p.val) if p.val is not None else 0,
             "test_n": len(p.test) if p.test is not None else 0, "epochs": run.config.train.epochs,
             "start_epoch": state.start_epoch, "steps_per_epoch": state.steps_per_epoch,
-            "world_size": distributed.world_size(), "setup_s": time.time() - run.wall_start}
+            "world_size": distributed.world_size(), "setup_s": time.time() - run.wall_start,
+            "init_from": run.config.train.init_from, "test_is_train": p.test is p.train}
 
 
 # ---------------------------------------------------------------------------------------- one epoch
@@ -255,17 +274,54 @@ RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.threads", "train.ev
 
 
 def resume_config(checkpoint: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, dict]:
-    """The config a checkpoint was trained with, plus any --set (e.g. more epochs)."""
+    """The config a checkpoint was trained with, plus any --set (e.g. more epochs).
+
+    A resume continues the same run on the same schedule, so anything that would silently change
+    that schedule, or drop epochs the run already has, is refused with what to do instead.
+    """
     payload = load_checkpoint(checkpoint)
     source = f"{checkpoint} (its saved config)"
-    config = config_from_dict(payload["config"], source)
+    saved = config_from_dict(payload["config"], source)
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if key not in RESUME_OVERRIDABLE:
             raise ConfigError(f"--set {text}: {key} cannot change when resuming (the saved optimiser, schedule "
                               f"and data state depend on it); on --resume only {', '.join(RESUME_OVERRIDABLE)} "
                               "can be set — start a new run to change it")
-    if overrides:
-        # Re-validate the saved config with the overrides on top, exactly as a YAML file's.
-        config = apply_overrides(config.to_dict(), overrides, source)
+    # Re-validate the saved config with the overrides on top, exactly as a YAML file's.
+    config = apply_overrides(saved.to_dict(), overrides, source) if overrides else saved
+    _check_resume_point(Path(checkpoint), payload)
+    _check_schedule_kept(Path(checkpoint), saved, config, int(payload["epoch"]))
     return config, payload
+
+
+def _check_resume_point(checkpoint: Path, payload: dict) -> None:
+    """Resuming from an epoch the run has gone past (best.pt, say) would overwrite the later ones."""
+    done = int(payload["epoch"])
+    try:
+        logged = len((checkpoint.parent / "metrics.jsonl").read_text().splitlines())
+    except OSError:  # a checkpoint outside its run folder: nothing there to overwrite
+        return
+    if logged > done:
+        raise CheckpointError(
+            f"{checkpoint} holds epoch {done}, but its run went on to epoch {logged}; resuming from it would "
+            f"discard epochs {done + 1}–{logged} — resume from {checkpoint.parent / 'last.pt'}, or start a "
+            f"fine-tune from it in a new run: cnnkit train --config {checkpoint.parent / 'config.yaml'} "
+            f"--init-from {checkpoint}")
+
+
+def _check_schedule_kept(checkpoint: Path, saved: Config, config: Config, done: int) -> None:
+    """A schedule planned over the whole run (one-cycle, cosine) cannot stretch to a new length."""
+    name, before, after = saved.schedule.name, saved.train.epochs, config.train.epochs
+    if name not in SCHEDULES_OVER_THE_RUN or (after == before and done < before):
+        return
+    fine_tune = (f"start a fine-tune with its own schedule: cnnkit train --config {checkpoint.parent / 'config.yaml'} "
+                 f"--init-from {checkpoint} --set train.epochs=N")
+    if after == before:  # finished, and no new length asked for
+        raise ConfigError(f"{checkpoint}: this run finished its {before}-epoch {name} schedule; to train further, "
+                          f"{fine_tune}")
+    state = "has finished" if done >= before else f"is at epoch {done}"
+    again = "" if done >= before else f"continue it as it is with --resume {checkpoint}, or "
+    raise ConfigError(
+        f"--set train.epochs={after}: this run's {name} schedule was planned over {before} epochs and {state}; "
+        f"a new length would reshape it mid-run (the lr would jump back up) — {again}{fine_tune}")

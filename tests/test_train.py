@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import load_config
-from cnnkit.errors import ConfigError, DataError, Interrupted, RunError
+from cnnkit.errors import CheckpointError, ConfigError, DataError, Interrupted, RunError
 from cnnkit.evaluate import evaluate_checkpoint
 from cnnkit.train import fit, resume_config
 
@@ -153,9 +153,21 @@ def test_cli_train_eval_resume(tmp_path, tiny_image_root):
     assert len(data["confusion"]) == 10 and sum(map(sum, data["confusion"])) == data["n"]
     result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt")])
     assert f"test accuracy {accuracy}" in result.output
+    # The scenario: one-cycle is planned over the run, so more epochs on --resume is refused.
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cli" / "last.pt"), "--set", "train.epochs=3"])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert "onecycle schedule was planned over 2 epochs" in result.stderr and "--init-from" in result.stderr
+    # What it suggests instead: a new run from those weights, with its own schedule, recorded in its config.
+    result = runner.invoke(app, ["train", "--config", "configs/lenet.yaml", "--name", "ft", "--quiet", *args,
+                                 "--set", "train.epochs=1", "--init-from", str(tmp_path / "cli" / "best.pt")])
     assert result.exit_code == 0, result.output
-    assert "resuming after epoch 2" in result.output
+    assert "new run from the weights of" in result.output
+    saved = load_config(tmp_path / "ft" / "config.yaml")
+    assert saved.train.init_from == str(tmp_path / "cli" / "best.pt")
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "ft" / "last.pt"), "--init-from",
+                                 str(tmp_path / "cli" / "best.pt")])
+    assert result.exit_code == 2 and "pass one of them" in result.stderr
 
 
 def test_cli_train_without_data_exits_2(tmp_path):
@@ -172,6 +184,68 @@ def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, tmp
     result = fit(config, data_root=str(real_data_root), run_name="real")
     assert result.test.n == 10_000
     assert result.test.accuracy > 0.40, result.test.accuracy
+
+
+def test_resume_keeps_the_schedule_and_the_epochs(tmp_path, tiny_image_root):
+    sched = ("schedule.name=cosine", "schedule.warmup_epochs=1")
+    result = fit(tiny_config(tmp_path, tiny_image_root, *sched, epochs=3), run_name="cos")
+    last, best = result.run_dir / "last.pt", result.run_dir / "best.pt"
+    with pytest.raises(ConfigError, match="cosine schedule was planned over 3 epochs and has finished"):
+        resume_config(last, ["train.epochs=5"])
+    with pytest.raises(ConfigError, match="finished its 3-epoch cosine schedule; to train further"):
+        resume_config(last)
+    # A constant schedule does not depend on the length: more epochs are fine there.
+    resume_config(fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="const").run_dir / "last.pt",
+                  ["train.epochs=2"])
+    # best.pt from before the end of its run: resuming from it would overwrite the later epochs.
+    payload = load_checkpoint(best)
+    if payload["epoch"] == 3:  # make an older best.pt by hand when the last epoch was the best
+        from cnnkit.checkpoint import save_checkpoint
+
+        payload["epoch"] = 2
+        save_checkpoint(best, payload)
+    with pytest.raises(CheckpointError, match=r"holds epoch 2, but its run went on to epoch 3; .*discard epochs 3–3"):
+        resume_config(best)
+
+
+def test_init_from_starts_a_fresh_schedule_from_the_weights(tmp_path, tiny_image_root):
+    from cnnkit.device import setup_runtime
+    from cnnkit.state import build_state
+
+    sched = ("schedule.name=onecycle", "schedule.warmup_epochs=1", "train.ema_decay=0.9")
+    source = fit(tiny_config(tmp_path, tiny_image_root, *sched, epochs=2), run_name="src")
+    best = source.run_dir / "best.pt"
+    config = tiny_config(tmp_path, tiny_image_root, *sched, f"train.init_from={best}", epochs=2)
+    state = build_state(config, setup_runtime("cpu", threads=1), 10, 180)
+    # The checkpoint's evaluated weights (the EMA average), and the new schedule's first warm-up lr:
+    # 180 images / batch 32 = 5 steps an epoch, warm-up over 5 steps, so step 0 runs at lr / 5.
+    for key, value in load_checkpoint(best)["model"].items():
+        assert torch.equal(state.model.state_dict()[key], value), key
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.003 / 5)
+    tuned = fit(config, run_name="tuned")
+    fresh = fit(tiny_config(tmp_path, tiny_image_root, *sched, epochs=2), run_name="fresh")
+    assert [r["lr"] for r in tuned.history] == [r["lr"] for r in fresh.history]  # the same, fresh schedule
+    assert tuned.history[0]["train_loss"] < fresh.history[0]["train_loss"]  # but from trained weights
+    with pytest.raises(CheckpointError, match="train.init_from: .*weights do not fit this model"):
+        fit(tiny_config(tmp_path, tiny_image_root, f"train.init_from={best}", model="bn_cnn", epochs=1),
+            run_name="wrong")
+
+
+def test_fit_leaves_the_callers_config_alone(tmp_path, tiny_image_root):
+    config = tiny_config(tmp_path, tiny_image_root, epochs=1)
+    before = config.to_dict()
+    fit(config, run_name="copy")
+    assert config.to_dict() == before and config.data.mean is None
+
+
+def test_split_seed_not_train_seed_picks_the_validation_set(tmp_path, tiny_image_root):
+    from cnnkit.data import prepare_data
+
+    def val_images(*extra):
+        return prepare_data(tiny_config(tmp_path, tiny_image_root, *extra)).val.images
+
+    assert torch.equal(val_images("train.seed=0"), val_images("train.seed=7"))
+    assert not torch.equal(val_images("data.split_seed=0"), val_images("data.split_seed=7"))
 
 
 def test_resume_refuses_changes_that_would_break_it(tmp_path, tiny_image_root):

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import ConfigOpt, SetOpt, _guard, app, console
+from cnnkit.cli.app import ConfigOpt, SetOpt, _guard, _warn, app, console
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
@@ -31,12 +31,16 @@ class _TrainView:
         self.live = sys.stdout.isatty() and not quiet
         self.progress = None
         self.task_id = None
+        self.test_is_train = False
 
     def __call__(self, event: dict) -> None:
         getattr(self, f"on_{event['kind']}")(event)
 
     def on_start(self, e: dict) -> None:
         where = f"resuming after epoch {e['start_epoch']}" if e["start_epoch"] else "new run"
+        if e.get("init_from") and not e["start_epoch"]:
+            where = f"new run from the weights of {e['init_from']}"
+        self.test_is_train = e.get("test_is_train", False)
         print(f"cnnkit train: {e['model']} ({e['params']:,} params), {where} → {e['run_dir']}")
         world = f", {e['world_size']} processes" if e["world_size"] > 1 else ""
         print(f"{e['runtime']}{world}")
@@ -67,7 +71,9 @@ class _TrainView:
                 parts.append(f"{key} {e[key]:.4f}")
         for key in ("val_mse", "test_mse"):
             if key in e:
-                parts.append(f"{key} {e[key]:.3g}")
+                # The stripes toy's "test" picture is its training picture: say what the number is.
+                label = "fit_mse" if key == "test_mse" and self.test_is_train else key
+                parts.append(f"{label} {e[key]:.3g}")
         parts += [f"lr {e['lr']:.2e}", f"{e['epoch_s']:.1f}s", f"{e['images_per_s']:,.0f} img/s"]
         line = "  ".join(parts) + ("  *" if e.get("best") else "")
         if self.progress is not None:
@@ -87,8 +93,10 @@ class _TrainView:
             print(f"with TTA ({len(r.tta_views)} views averaged): test accuracy {r.tta.accuracy:.4f}, "
                   f"loss {r.tta.loss:.4f}")
         if r.test is not None:
-            print(f"best.pt (epoch {r.best_epoch}): {r.task.fit_line(r.test)}")
+            print(f"best.pt (epoch {r.best_epoch}): {r.task.fit_line(r.test, r.test_is_train)}")
         print(f"run folder: {r.run_dir}  ({r.extra['wall_s']:.1f} s)")
+        for warning in r.warnings:
+            _warn(warning)
 
 
 @app.command("train")
@@ -101,6 +109,9 @@ def train_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="Run folder name (default: config name + timestamp)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder of that name."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run from its last.pt."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="A new run starting from a checkpoint's weights, with its own fresh schedule "
+        "(a fine-tune); the same as --set train.init_from=PATH."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain lines only, no progress bar."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torch.distributed.run)."),
 ):
@@ -114,6 +125,10 @@ def train_cmd(
         raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
 
     if resume is not None:
+        if init_from is not None:
+            from cnnkit.errors import ConfigError
+
+            raise ConfigError("--resume continues a run and --init-from starts a new one; pass one of them")
         cfg, payload = resume_config(resume, set_ or [])
         fit(cfg, data_root=data_root, resume=resume, resume_payload=payload, report=_TrainView(quiet))
         return
@@ -121,7 +136,13 @@ def train_cmd(
         from cnnkit.errors import ConfigError
 
         raise ConfigError("no config: pass --config configs/lenet.yaml (or --resume runs/NAME/last.pt)")
-    cfg = load_config(config, set_ or [])
+    # The checkpoint is checked now, before any data loads: a typo fails in a second.
+    init = [f"train.init_from={init_from}"] if init_from is not None else []
+    cfg = load_config(config, [*(set_ or []), *init])
+    if cfg.train.init_from is not None:
+        from cnnkit.checkpoint import load_checkpoint
+
+        load_checkpoint(cfg.train.init_from)
     fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
 
 

@@ -66,7 +66,7 @@ def _prepare_cifar10(config: Config, data_root: str | None = None) -> Prepared:
         train, test = take_subset(train, data.subset), take_subset(test, data.subset)
     if data.val_split >= len(train):
         raise ConfigError(f"data.val_split={data.val_split}: must be less than the {len(train)} training images")
-    train, val = split_train_val(train, data.val_split, config.train.seed)
+    train, val = split_train_val(train, data.val_split, data.split_seed)  # not train.seed: one val set per sweep
     if data.mean is not None and data.std is not None:
         mean, std = data.mean, data.std
     else:
