@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The data beside the checkout on this project's machines, unless CNNKIT_DATA names some; elsewhere cnnkit
+# decides (CNNKIT_DATA, data.root, or ./data, downloaded there on first use).
+SHARED_DATA := $(wildcard ../shared/data/cifar10)
+DATA_FLAG := $(if $(CNNKIT_DATA),,$(if $(SHARED_DATA),--data-root $(SHARED_DATA)))
+
 train: $(STAMP)
-	$(BIN)/cnnkit train --config configs/lenet.yaml
+	$(BIN)/cnnkit train --config configs/lenet.yaml $(DATA_FLAG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cnnkit tests scripts

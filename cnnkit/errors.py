@@ -37,6 +37,10 @@ class RunError(CnnkitError):
     """The run folder cannot be created or written, or would overwrite an existing run."""
 
 
+class ExportError(CnnkitError):
+    """A model cannot be exported, its exporter is not installed, or the export does not match the model."""
+
+
 class TrainingError(CnnkitError):
     """Training hit a numerical fault (NaN/inf loss) and stopped."""
 

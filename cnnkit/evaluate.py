@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnkit import distributed
 from cnnkit.checkpoint import model_from_checkpoint
-from cnnkit.data import Split, prepare_data, to_device
+from cnnkit.data import Split, prepare_test, to_device
 from cnnkit.device import Runtime
 from cnnkit.errors import RunError
 from cnnkit.metrics import EvalResult, classification_report, most_confused
@@ -155,7 +155,8 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     """
     loaded = model_from_checkpoint(path, device, refuse=("tta",) if tta or tta_shift else ())
     config, task, runtime = loaded.config, loaded.task, loaded.runtime
-    prepared = prepare_data(config, data_root)
+    # The test split alone, with the mean/std the run resolved (saved in its config): no training images read.
+    prepared = prepare_test(config, data_root)
     classes = loaded.classes or list(prepared.classes)
     test = to_device(prepared.test, runtime.device)
 

@@ -1,7 +1,8 @@
 """Shared fixtures: tiny CIFAR-10 look-alikes in both on-disk layouts, and an isolated environment.
 
-Every test runs with CNNKIT_CACHE pointing at its own temporary folder and without CNNKIT_DATA,
-so no test reads the user's cache or the real dataset by accident. Tests that want the real
+Every test runs with CNNKIT_CACHE pointing at its own temporary folder, without CNNKIT_DATA, and
+with the CIFAR-10 download URL on a closed local port, so no test reads the user's cache or the
+real dataset, or downloads anything, by accident. Tests that want the real
 CIFAR-10 ask for the `real_data_root` fixture, which uses the CNNKIT_DATA the session started with.
 """
 
@@ -136,6 +137,11 @@ def tiny_image_root(tmp_path: Path) -> Path:
 def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path_factory.mktemp("cnnkit-cache")))
     monkeypatch.delenv("CNNKIT_DATA", raising=False)
+    # With no root named, cnnkit downloads into ./data: in tests that must fail fast and locally (a
+    # closed port on 127.0.0.1, i.e. "no network"), never reach the internet. test_download.py
+    # points these at its own local server.
+    monkeypatch.setenv("CNNKIT_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.delenv("CNNKIT_CIFAR10_MD5", raising=False)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from conftest import make_batches_dir, make_image_folder, make_tiny_arrays
 from PIL import Image
 
 import cnnkit.data.image_folder as image_folder_mod
-import cnnkit.data.sources as sources_mod
 from cnnkit.data import (
     CIFAR10_CLASSES,
     CifarData,
@@ -441,36 +440,7 @@ def test_batch_with_wrong_contents(tiny_batches_root: Path, batch: dict) -> None
     assert_one_line(info, str(path.resolve()))
 
 
-def test_download_failure_says_where_and_how(tmp_path: Path, monkeypatch) -> None:
-    def no_network(root, train):
-        raise RuntimeError("Error downloading cifar-10-python.tar.gz:\n  [Errno -3] no network")
-
-    monkeypatch.setattr(sources_mod, "_download_split", no_network)
-    with pytest.raises(DataError) as info:
-        load_cifar10(tmp_path / "dl", download=True)
-    assert_one_line(info, str(tmp_path / "dl"), "download failed", "no network", *HOW_TO)
-
-
-def test_download_success_is_then_read_like_any_copy(tmp_path: Path, monkeypatch) -> None:
-    def fake_download(root, train):
-        if not (root / "cifar-10-batches-py").exists():
-            make_batches_dir(root, n_train_per_class=1, n_test_per_class=1)
-
-    monkeypatch.setattr(sources_mod, "_download_split", fake_download)
-    d = load_cifar10(tmp_path / "dl", download=True)
-    assert (len(d.train), len(d.test)) == (10, 10)
-
-
-def test_download_with_no_root_goes_to_the_cache_dir(tmp_path: Path, monkeypatch) -> None:
-    seen = []
-
-    def fake_download(root, train):
-        seen.append(root)
-        make_batches_dir(root, n_train_per_class=1, n_test_per_class=1)
-
-    monkeypatch.setattr(sources_mod, "_download_split", fake_download)
-    load_cifar10(None, cache_dir=tmp_path / "c", download=True)
-    assert seen[0] == tmp_path / "c" / "downloads"
+# The download itself is tested against a local HTTP server in test_download.py.
 
 
 # ---------------------------------------------------------------------------------------------

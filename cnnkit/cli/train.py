@@ -130,6 +130,7 @@ def train_cmd(
 
             raise ConfigError("--resume continues a run and --init-from starts a new one; pass one of them")
         cfg, payload = resume_config(resume, set_ or [])
+        _fetch_data(cfg, data_root)
         fit(cfg, data_root=data_root, resume=resume, resume_payload=payload, report=_TrainView(quiet))
         return
     if config is None:
@@ -143,6 +144,16 @@ def train_cmd(
         from cnnkit.checkpoint import load_checkpoint
 
         load_checkpoint(cfg.train.init_from)
+    _fetch_data(cfg, data_root)
     fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
+
+
+def _fetch_data(cfg, data_root: Optional[str]) -> None:
+    """Download CIFAR-10 first (with a progress bar) when the run would download it: into ./data when
+    nothing names a root, or with data.download. A no-op when the data is there."""
+    from cnnkit.cli.data import fetch_with_progress
+    from cnnkit.data import fetch_data
+
+    fetch_with_progress(fetch_data, cfg, data_root)
 
 

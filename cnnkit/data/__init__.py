@@ -1,7 +1,8 @@
 """CIFAR-10 (and the seed's stripes picture) as uint8 tensors, and the whole-batch ops on them.
 
 One job a module:
-  sources       the data root, which layout it holds, the download, the cache in front (load_cifar10)
+  sources       the data root (./data by default), which layout it holds, the cache in front (load_cifar10)
+  download      cifar-10-python.tar.gz fetched, md5-checked and unpacked atomically, progress to a callback
   batches       the cifar-10-batches-py pickles, through a restricted unpickler
   image_folder  root/{train,test}/<class>/ images, listed and decoded (in parallel) with Pillow
   cache         the keyed on-disk tensor cache
@@ -11,9 +12,29 @@ One job a module:
 """
 
 from cnnkit.data.cache import default_cache_dir
-from cnnkit.data.datasets import DATASETS, DatasetEntry, Prepared, prepare_data, to_device
+from cnnkit.data.datasets import (
+    DATASETS,
+    DatasetEntry,
+    Prepared,
+    PreparedTest,
+    fetch_data,
+    prepare_data,
+    prepare_test,
+    to_device,
+)
+from cnnkit.data.download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
 from cnnkit.data.image_folder import CIFAR10_CLASSES
-from cnnkit.data.sources import load_cifar10, resolve_data_root
+from cnnkit.data.sources import (
+    DEFAULT_DATA_ROOT,
+    DataReport,
+    DataRoot,
+    choose_data_root,
+    fetch_cifar10,
+    inspect_cifar10,
+    load_cifar10,
+    load_cifar10_test,
+    resolve_data_root,
+)
 from cnnkit.data.splits import CifarData, Split, epoch_permutation, split_train_val, take_subset
 from cnnkit.data.transforms import (
     alternating_flips,
@@ -25,8 +46,11 @@ from cnnkit.data.transforms import (
 )
 
 __all__ = [
-    "CIFAR10_CLASSES", "DATASETS", "CifarData", "DatasetEntry", "Prepared", "Split", "alternating_flips",
-    "augment_batch", "channel_tensors",
-    "channel_stats", "default_cache_dir", "epoch_permutation", "load_cifar10", "normalize", "prepare_data",
+    "CIFAR10_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "DATASETS", "DEFAULT_DATA_ROOT", "CifarData", "DataReport",
+    "DataRoot",
+    "DatasetEntry", "Prepared", "PreparedTest", "Split", "alternating_flips", "augment_batch", "channel_tensors",
+    "channel_stats", "choose_data_root", "default_cache_dir", "download_cifar10", "epoch_permutation",
+    "fetch_cifar10", "fetch_data", "inspect_cifar10", "load_cifar10", "load_cifar10_test", "normalize",
+    "prepare_data", "prepare_test",
     "resolve_data_root", "split_train_val", "take_subset", "to_device", "to_grayscale",
 ]

@@ -115,14 +115,17 @@ def _read_batch(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tenso
     # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major: that is CHW already.
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32)
     return images, labels
-def _decode_batches(source_dir: Path) -> CifarData:
+def _decode_batches(source_dir: Path, *, with_train: bool = True) -> CifarData:
+    """Both splits, or with `with_train=False` the test batch alone (its `train` is None)."""
     meta_path = source_dir / META_FILE
     names = _field(_load_pickle(meta_path), "label_names", meta_path)
     if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
         raise DataError(f"{meta_path}: 'label_names' must be a list of class names; re-extract it")
     classes = [n.decode() if isinstance(n, bytes) else n for n in names]
 
-    parts = [_read_batch(source_dir / name, len(classes)) for name in TRAIN_BATCHES]
-    train = Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    train = None
+    if with_train:
+        parts = [_read_batch(source_dir / name, len(classes)) for name in TRAIN_BATCHES]
+        train = Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     test = Split(*_read_batch(source_dir / TEST_BATCH, len(classes)))
     return CifarData(train, test, classes, source="")

@@ -13,8 +13,9 @@ from cnnkit.errors import CnnkitError
 from cnnkit.fileio import atomic_write
 
 # Bump when the cache layout or the decoding changes, so old cache files are rebuilt.
-CACHE_FORMAT = 1
-CACHE_KEYS = {"format", "key", "classes", "train_images", "train_labels", "test_images", "test_labels"}
+# 2: test_key, the key of the test files alone, so eval can trust the test split without listing train.
+CACHE_FORMAT = 2
+CACHE_KEYS = {"format", "key", "test_key", "classes", "train_images", "train_labels", "test_images", "test_labels"}
 
 
 def default_cache_dir() -> Path:
@@ -33,8 +34,13 @@ def _cache_path(cache_dir: Path, source_dir: Path) -> Path:
     return Path(cache_dir).expanduser() / f"cifar10-{name}.pt"
 
 
-def _read_cache(path: Path, key: str) -> CifarData | None:
-    """The cached tensors if `path` is a complete cache for `key`; None means rebuild."""
+def _read_cache(path: Path, key: str, *, key_name: str = "key",
+                splits_wanted: tuple[str, ...] = ("train", "test")) -> CifarData | None:
+    """The cached tensors if `path` is a complete cache for `key`; None means rebuild.
+
+    With key_name="test_key" and splits_wanted=("test",), only the test split is checked and
+    returned (its `train` is None): the cache answers for the test files alone.
+    """
     if not path.is_file():
         return None
     try:
@@ -42,11 +48,11 @@ def _read_cache(path: Path, key: str) -> CifarData | None:
         blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(blob, dict) or set(blob) != CACHE_KEYS:
             return None
-        if blob["format"] != CACHE_FORMAT or blob["key"] != key:
+        if blob["format"] != CACHE_FORMAT or blob[key_name] != key:
             return None
         classes = blob["classes"]
         splits = []
-        for name in ("train", "test"):
+        for name in splits_wanted:
             images, labels = blob[f"{name}_images"], blob[f"{name}_labels"]
             ok = (
                 isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
@@ -57,17 +63,20 @@ def _read_cache(path: Path, key: str) -> CifarData | None:
             if not ok:
                 return None
             splits.append(Split(images, labels))
-        if splits[0].images.shape[1:] != splits[1].images.shape[1:]:
+        if len(splits) == 2 and splits[0].images.shape[1:] != splits[1].images.shape[1:]:
             return None
     except Exception:  # torn or foreign file: rebuilding is always safe
         return None
+    if len(splits) == 1:
+        return CifarData(None, splits[0], list(classes), source="")
     return CifarData(splits[0], splits[1], list(classes), source="")
 
 
-def _write_cache(path: Path, key: str, data: CifarData) -> bool:
+def _write_cache(path: Path, key: str, data: CifarData, test_key: str) -> bool:
     blob = {
         "format": CACHE_FORMAT,
         "key": key,
+        "test_key": test_key,
         "classes": list(data.classes),
         "train_images": data.train.images,
         "train_labels": data.train.labels,

@@ -25,10 +25,14 @@ IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # for str.endswith
 PARALLEL_MIN_IMAGES = 4096
 
 
-def _list_image_folder(root: Path) -> list[tuple[str, int, int]]:
-    """Every image as (relative path, size, mtime_ns), sorted; checks the class folders agree."""
+def _list_image_folder(root: Path, splits: tuple[str, ...] = ("train", "test")) -> list[tuple[str, int, int]]:
+    """Every image of `splits` as (relative path, size, mtime_ns), sorted; checks the class folders agree.
+
+    `splits=("test",)` lists the test images alone (eval's 10k stats instead of 60k), in the same
+    order and with the same entries as the test part of the full listing.
+    """
     class_names = {}
-    for split in ("train", "test"):
+    for split in splits:
         split_dir = root / split
         try:
             with os.scandir(split_dir) as entries:
@@ -37,7 +41,7 @@ def _list_image_folder(root: Path) -> list[tuple[str, int, int]]:
             raise DataError(f"cannot list {split_dir}: {exc.strerror or exc}; check the folder's permissions") from exc
         if not class_names[split]:
             raise DataError(f"{split_dir} has no class folders; expected {split_dir}/<class>/*.jpg")
-    for split, other in (("train", "test"), ("test", "train")):
+    for split, other in (("train", "test"), ("test", "train")) if len(splits) == 2 else ():
         missing = sorted(set(class_names[other]) - set(class_names[split]))
         if missing:
             raise DataError(
@@ -46,7 +50,7 @@ def _list_image_folder(root: Path) -> list[tuple[str, int, int]]:
             )
 
     listing = []
-    for split in ("train", "test"):
+    for split in splits:
         for name in class_names[split]:
             class_dir = root / split / name
             files = _scan_images(class_dir, prefix=f"{split}/{name}/")

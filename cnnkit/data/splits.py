@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,10 +26,16 @@ class Split:
 
 @dataclass
 class CifarData:
-    train: Split
+    train: Split | None  # None when only the test split was read (eval)
     test: Split
     classes: list[str]
     source: str  # one human line: where the data came from and whether the cache was used
+    # What load_cifar10 found, for `cnnkit data`: "cifar-10-batches-py" or "image folder", the folder
+    # read, the cache file, and "read" | "written" | "not writable" | "" (not consulted).
+    layout: str = ""
+    folder: Path | None = None
+    cache_path: Path | None = None
+    cache: str = ""
 
 
 def _balanced_quotas(counts: list[int], n: int) -> list[int]:
