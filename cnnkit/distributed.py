@@ -87,6 +87,18 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- SyncBatchNorm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """all-reduce with a gradient: d(Σ_r x_r)/dx_r = 1, so each rank's gradient is the sum of all ranks'."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(grad)
+
+
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch for gloo (torch's SyncBatchNorm runs on GPUs only).
 
@@ -103,15 +115,13 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce as all_reduce_autograd
-
         x = input.float()  # (b, C, ...) statistics in fp32 even under autocast
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = x.numel() // x.shape[1] * world_size()  # values per channel in the global batch
-        mean = all_reduce_autograd(x.sum(dims)) / count  # (C,)
+        mean = _AllReduceSum.apply(x.sum(dims)) / count  # (C,)
         centred = x - mean.view(shape)  # (b, C, ...)
-        var = all_reduce_autograd(centred.square().sum(dims)) / count  # (C,) biased, as BatchNorm normalises
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / count  # (C,) biased, as BatchNorm normalises
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -291,3 +291,41 @@ def test_ema_is_evaluated_saved_and_resumed_bit_identically(tmp_path, tiny_image
     for entry in ("model", "train_model"):
         for key, value in last[entry].items():
             assert torch.equal(resumed[entry][key], value), (entry, key)
+
+
+def test_window_check_skips_fp16_overflows_and_stops_on_persistent_ones():
+    from cnnkit.errors import TrainingError
+    from cnnkit.loop import StopFlag, StopRequested, _check_window
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    nan = torch.tensor(float("nan"))
+
+    def sums(bad: int) -> torch.Tensor:
+        return torch.tensor([1.0, 2.0, float(bad)], dtype=torch.float64)  # loss·images, hits, non-finite
+
+    scaler = object()  # only its presence matters: the GradScaler has skipped those steps
+    window = sums(3)
+    _check_window(window, nan, 10, scaler, 0, 9, 20, optimizer)  # 3 of 10 overflowed: skipped, go on
+    assert window[2] == 0  # the count starts again with the next window
+    with pytest.raises(TrainingError, match="every step of the last 10 steps non-finite"):
+        _check_window(sums(10), nan, 10, scaler, 0, 9, 20, optimizer)
+    # Without a scaler (fp32, bf16) one non-finite loss has already reached the weights.
+    with pytest.raises(TrainingError, match="1 of the last 10 steps non-finite"):
+        _check_window(sums(1), nan, 10, None, 0, 9, 20, optimizer)
+    # A stop asked for is honoured at the window's end (under DDP, by every rank together).
+    stop = StopFlag(signum=2)
+    with pytest.raises(StopRequested):
+        _check_window(sums(0), torch.tensor(1.0), 10, None, 0, 9, 20, optimizer, stop)
+
+
+def test_final_test_comes_before_the_curves_whose_failure_is_a_warning(tmp_path, tiny_image_root, monkeypatch):
+    import cnnkit.train
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("no display, say")
+
+    monkeypatch.setattr(cnnkit.train, "write_curves", broken_plot)
+    result = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="noplot")
+    assert result.test is not None and result.test.n == 100
+    assert len(result.warnings) == 1 and "curves.png was not drawn (no display, say)" in result.warnings[0]
+    assert not (result.run_dir / "curves.png").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -116,13 +117,25 @@ def train_cmd(
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torch.distributed.run)."),
 ):
     """Train a model: `cnnkit train --config configs/lenet.yaml`."""
-    from cnnkit.config import load_config
-    from cnnkit.train import fit, resume_config
+    from cnnkit.errors import Interrupted
 
     if nproc > 1:
         from cnnkit.distributed import launch
 
         raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
+
+    try:
+        _train(config, set_, data_root, name, overwrite, resume, init_from, quiet)
+    except Interrupted as exc:
+        # Under --nproc every rank stops together with the same line; rank 0 says it once.
+        if int(os.environ.get("RANK", "0")) > 0:
+            raise typer.Exit(exc.exit_code) from None
+        raise
+
+
+def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -> None:
+    from cnnkit.config import load_config
+    from cnnkit.train import fit, resume_config
 
     if resume is not None:
         if init_from is not None:
