@@ -167,9 +167,10 @@ class TrainConfig(Section):
     threads: Optional[int] = Field(default=None, ge=1)
     # Also measure test accuracy after every epoch (reported only, never used to pick best.pt).
     test_every_epoch: bool = False
-    # The final test also with test-time augmentation, reported beside the plain figure:
-    # flip (the image and its mirror) or flip_shift (also 1-pixel shifts, cnnkit eval --tta-shift).
-    tta: Literal["none", "flip", "flip_shift"] = "none"
+    # The final test also with test-time augmentation, reported beside the plain figure: flip (the
+    # image and its mirror), flip_shift (also ±1-pixel shifts, 10 views, cnnkit eval --tta-shift) or
+    # flip_translate (airbench's: mirror and two diagonal 1-pixel moves, weighted; cnnkit.evaluate).
+    tta: Literal["none", "flip", "flip_shift", "flip_translate"] = "none"
     # A model with `init_from_data` (e.g. fast's whitening conv) is initialised from this many
     # training images before the first step of a new run.
     data_init_images: int = Field(default=5000, ge=1)

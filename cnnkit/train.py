@@ -221,11 +221,11 @@ def _final_test(run: Run, state: TrainState, test: Split | None) -> EvalResult |
 
 def _final_tta(run: Run, state: TrainState, test: Split) -> tuple[list[str], EvalResult]:
     """best.pt on the test set again, its outputs averaged over train.tta's views (as cnnkit eval --tta)."""
-    views = tta_views(run.config.train.tta == "flip_shift", run.config.data.pad_mode)
+    views = tta_views(run.config.train.tta, run.config.data.pad_mode)
     fp32 = dataclasses.replace(run.runtime, precision="fp32")
     result = evaluate(state.model, test, task=run.task, runtime=fp32, batch_size=run.config.train.eval_batch_size,
                       mean=run.prepared.mean, std=run.prepared.std, num_classes=len(run.prepared.classes),
-                      views=list(views.values()))
+                      views=[v for v, _ in views.values()], weights=[w for _, w in views.values()])
     return list(views), result
 
 

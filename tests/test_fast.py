@@ -120,7 +120,7 @@ def test_fast_yaml_trains_on_tiny_data_with_tta(tmp_path, tiny_image_root):
     config = _fast_config(tmp_path, tiny_image_root, epochs=4)
     result = fit(config, run_name="fast")
     assert result.test.accuracy > 0.5  # 10 colour-coded classes; chance is 0.1
-    assert result.tta is not None and len(result.tta_views) == 10
+    assert result.tta is not None and len(result.tta_views) == 6  # flip_translate
     payload = load_checkpoint(result.run_dir / "last.pt")
     # Four groups, four optimisers, saved side by side; the config that made them goes with them.
     assert [len(s["param_groups"]) for s in payload["optimizer"]["optimizers"]] == [1, 1, 1, 1]
@@ -186,3 +186,37 @@ def test_per_group_optimisers_resume_bit_identically(tmp_path, tiny_image_root):
     for sa, sb in zip(a["optimizer"]["optimizers"], b["optimizer"]["optimizers"], strict=True):
         for (pa, ta), (pb, tb) in zip(sa["state"].items(), sb["state"].items(), strict=True):
             assert pa == pb and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_flip_translate_tta_is_airbench_weighted_average():
+    from cnnkit.data import Split
+    from cnnkit.device import setup_runtime
+    from cnnkit.evaluate import evaluate, tta_views
+    from cnnkit.tasks import TASKS
+
+    torch.manual_seed(0)
+    # A random linear map of the pixels: every view gets clearly different logits.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(6) % 10
+    views = tta_views("flip_translate", "reflect")
+    task, mean, std = TASKS["classify"], [0.5] * 3, [0.25] * 3
+    result = evaluate(model, Split(images, labels), task=task, runtime=setup_runtime("cpu", threads=1),
+                      batch_size=6, mean=mean, std=std, num_classes=10,
+                      views=[v for v, _ in views.values()], weights=[w for _, w in views.values()])
+
+    def logits(x):
+        with torch.no_grad():
+            return model(task.inputs(x, mean, std))
+
+    def mirror(x):
+        return 0.5 * (logits(x) + logits(x.flip(-1)))
+
+    padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), mode="reflect").to(torch.uint8)
+    expected = (0.5 * mirror(images) + 0.25 * mirror(padded[:, :, 0:32, 0:32])
+                + 0.25 * mirror(padded[:, :, 2:34, 2:34]))  # (6, 10): airbench's infer_mirror_translate
+    loss = torch.nn.functional.cross_entropy(expected, labels).item()
+    assert result.loss == pytest.approx(loss, rel=1e-4)
+    # Equal weights would be a different number: the test can tell the schemes apart.
+    unweighted = (2 * mirror(images) + 2 * mirror(padded[:, :, 0:32, 0:32]) + 2 * mirror(padded[:, :, 2:34, 2:34])) / 6
+    assert abs(torch.nn.functional.cross_entropy(unweighted, labels).item() - loss) > 1e-3 * loss

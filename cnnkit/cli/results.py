@@ -28,6 +28,9 @@ def eval_cmd(
                              help="Also report accuracy with logits averaged over the image and its mirror."),
     tta_shift: bool = typer.Option(False, "--tta-shift",
                                    help="TTA with ±1-pixel shifts too (10 views; implies --tta)."),
+    tta_mode: Optional[str] = typer.Option(None, "--tta-mode",
+                                           help="TTA by name: flip, flip_shift or flip_translate (airbench's 6 "
+                                                "weighted views)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Do not write confusion.png / edges.png."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
@@ -35,6 +38,7 @@ def eval_cmd(
     from cnnkit.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
+                                 tta_mode=tta_mode,
                                  plots_dir=None if no_plots else checkpoint.parent)
     for warning in report.warnings:
         _warn(warning)
