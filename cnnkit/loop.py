@@ -59,6 +59,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     (finite loss? progress) only every `train.sync_every` steps and at the end of the epoch.
     """
     model.train()
+    if distributed.world_size() == 1:  # DDP expects the same parameters to get gradients every step
+        scheduler.freeze_finished()
     train_cfg = config.train
     device = runtime.device
     order = torch.stack(global_batches(len(split), train_cfg.batch_size, train_cfg.seed, epoch)).to(device)  # (S, B)

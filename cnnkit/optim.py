@@ -173,8 +173,23 @@ def build_scheduler(optimizer, name: str, total_steps: int, warmup_steps: int, f
 class ScheduleSet:
     """One LambdaLR per optimiser of an OptimizerSet, stepped together (state saved like OptimizerSet's)."""
 
-    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR]):
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR], horizons: list[int] | None = None,
+                 final_lr_ratio: float = 1.0):
         self.schedulers = schedulers
+        self.horizons = horizons or [math.inf] * len(schedulers)  # the step each schedule ends at
+        self.final_lr_ratio = final_lr_ratio
+
+    def freeze_finished(self) -> None:
+        """Stop computing gradients for groups whose schedule has ended at lr 0 (e.g. fast's whitening
+        bias after 3 epochs): they can never move again, and their gradient is what makes the backward
+        pass reach back through the first, largest layers. The weights are exactly the same."""
+        if self.final_lr_ratio != 0:
+            return
+        for scheduler, horizon in zip(self.schedulers, self.horizons, strict=True):
+            if scheduler.last_epoch >= horizon:
+                for group in scheduler.optimizer.param_groups:
+                    for param in group["params"]:
+                        param.requires_grad_(False)
 
     def step(self) -> None:
         for scheduler in self.schedulers:
@@ -195,8 +210,10 @@ def build_schedules(optimizers: OptimizerSet, plans: list[GroupPlan], schedule, 
                     epochs: int) -> ScheduleSet:
     """The configured schedule for every group, over the run or over the group's `schedule_epochs`."""
     warmup = round(schedule.warmup_epochs * steps_per_epoch)
-    schedulers = []
+    schedulers, horizons = [], []
     for opt, plan in zip(optimizers.optimizers, plans, strict=True):
         total = round((plan.schedule_epochs or epochs) * steps_per_epoch)
         schedulers.append(build_scheduler(opt, schedule.name, total, min(warmup, total), schedule.final_lr_ratio))
-    return ScheduleSet(schedulers)
+        # Only a group that stops early is ever frozen: the others end with the run.
+        horizons.append(total if plan.schedule_epochs is not None and schedule.name != "constant" else math.inf)
+    return ScheduleSet(schedulers, horizons, schedule.final_lr_ratio)

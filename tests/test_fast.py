@@ -147,6 +147,10 @@ def test_group_schedule_length_and_first_match_wins(tmp_path, tiny_image_root):
         lrs.append((whiten_bias.param_groups[0]["lr"], head.param_groups[0]["lr"]))
     assert lrs[14][0] == 0.0 and lrs[13][0] > 0  # 0 from step 15 = 3 epochs on
     assert lrs[18][1] > 0 and lrs[19][1] == 0.0  # the head's lasts the whole run
+    # A group whose schedule has ended at lr 0 stops computing gradients; the others go on.
+    state.scheduler.freeze_finished()
+    assert not state.model.whiten.bias.requires_grad
+    assert state.model.head.weight.requires_grad and state.model.group1.norm1.bias.requires_grad
 
 
 def test_group_that_matches_nothing_is_one_clear_error(tmp_path, tiny_image_root):
@@ -167,14 +171,15 @@ def test_per_group_optimisers_resume_bit_identically(tmp_path, tiny_image_root):
     from cnnkit.errors import Interrupted
     from cnnkit.train import fit, resume_config
 
-    full = fit(_fast_config(tmp_path, tiny_image_root), run_name="full")
+    # 4 epochs: the whitening bias's schedule (3 epochs) ends, and it is frozen, in both runs.
+    full = fit(_fast_config(tmp_path, tiny_image_root, epochs=4), run_name="full")
 
     def interrupt_after_epoch_2(event):
         if event["kind"] == "epoch" and event["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
-        fit(_fast_config(tmp_path, tiny_image_root), run_name="cut", report=interrupt_after_epoch_2)
+        fit(_fast_config(tmp_path, tiny_image_root, epochs=4), run_name="cut", report=interrupt_after_epoch_2)
     last = tmp_path / "runs" / "cut" / "last.pt"
     config, payload = resume_config(last)
     assert config.optim.groups[1].schedule_epochs == 3  # the saved config, groups included
