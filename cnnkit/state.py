@@ -43,10 +43,10 @@ class TrainState:
 
         Never the DDP wrapper: its forward broadcasts buffers from rank 0, and evaluation is
         sharded, so ranks past the last batch would leave rank 0's broadcast waiting for them.
+        Never the compiled model either: each eval batch size would be one more compile (~10 s
+        each on the CPU), for a pass that is a small part of an epoch.
         """
-        if self.ema is not None:
-            return self.ema.module
-        return self.model if distributed.is_distributed() else self.train_model
+        return self.ema.module if self.ema is not None else self.model
 
     def payload(self, epoch_done: int, config: Config, classes: list[str], task: Task) -> dict:
         """The checkpoint: everything needed to evaluate the model and to resume training bit for bit."""

@@ -675,7 +675,23 @@ def test_real_cifar10(real_data_root: Path, tmp_path: Path) -> None:
     second = time.perf_counter() - start
     assert "cached" in again.source
     assert torch.equal(again.test.images, d.test.images) and torch.equal(again.train.labels, d.train.labels)
+    print(f"\nreal CIFAR-10: first load {first:.2f}s ({d.source}); cached load {second:.3f}s")
+    # What this CIFAR-10 is, to the pixel: a swapped channel, a transposed or mis-ordered decode fails here.
+    if (real_data_root / "train").is_dir():
+        # The JPEG image folder (/work/shared/data/cifar10): JPEG moves the statistics a little off the
+        # published ones. train/airplane/0000.jpg is image 0; pixel (y 5, x 20) and its transpose (20, 5).
+        known_mean, known_std = [0.491250, 0.482090, 0.446521], [0.245232, 0.242782, 0.260629]
+        known_pixels = {(0, 5, 20): [241, 242, 237], (0, 20, 5): [8, 8, 10]}
+        first_class = "airplane"
+    else:
+        # The original cifar-10-batches-py: the published statistics; image 0 is data_batch_1's first (a frog).
+        known_mean, known_std = [0.491400, 0.482158, 0.446531], [0.247032, 0.243485, 0.261588]
+        known_pixels = {(0, 0, 0): [59, 62, 63]}
+        first_class = "frog"
     mean, std = channel_stats(again.train.images)
-    print(f"\nreal CIFAR-10: first load {first:.2f}s ({d.source}); cached load {second:.3f}s; mean {mean} std {std}")
+    assert mean == pytest.approx(known_mean, abs=1e-3) and std == pytest.approx(known_std, abs=1e-3), (mean, std)
+    for (i, y, x), rgb in known_pixels.items():
+        assert d.train.images[i, :, y, x].tolist() == rgb, (i, y, x)
+    assert CIFAR10_CLASSES[d.train.labels[0].item()] == first_class
     for path in cache_files(cache):  # 180 MB: do not leave it in pytest's kept tmp folders
         path.unlink()

@@ -337,3 +337,48 @@ def test_wall_time_adds_resumed_sessions(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (summary,) = list_runs(tmp_path)
     assert summary.wall_s == pytest.approx(27.0) and summary.epochs == 3
+
+
+# ---------------------------------------------------------------------------------------- values, not files
+
+
+def test_curves_plot_the_runs_numbers(trained, tmp_path, monkeypatch):
+    """The lines drawn are the metrics.jsonl values, epoch by epoch, in the panel they belong to."""
+    import cnnkit.curves
+
+    figures = []
+    monkeypatch.setattr(cnnkit.curves, "save_png", lambda fig, out: figures.append(fig) or Path(out))
+    write_curves([trained["a"]], tmp_path / "c.png")
+    rows = read_metrics(trained["a"] / "metrics.jsonl")
+    lines = {(ax.get_title(), line.get_label()): line for ax in figures[0].axes for line in ax.get_lines()
+             if not line.get_label().startswith("_")}
+    for (title, label), key in [(("loss", "train"), "train_loss"), (("loss", "val"), "val_loss"),
+                                (("validation / test accuracy", "val"), "val_acc"),
+                                (("validation / test accuracy", "test"), "test_acc")]:
+        line = lines[(title, label)]
+        assert list(line.get_xdata()) == [r["epoch"] for r in rows], key
+        assert list(line.get_ydata()) == pytest.approx([r[key] for r in rows]), key
+
+
+def test_tta_logits_are_the_average_of_the_views(trained):
+    from cnnkit.evaluate import _forward, tta_views
+
+    loaded = model_from_checkpoint(trained["a"] / "best.pt", "cpu")
+    config, task = loaded.config, loaded.task
+    test = prepare_data(config).test
+    images, labels = test.images[:16], test.labels[:16]  # (16, 3, 32, 32) uint8, (16,)
+    views = tta_views(shift=True, pad_mode=config.data.pad_mode)
+    averaged, _ = _forward(loaded.model, images, labels, task, loaded.runtime, config.data.mean, config.data.std,
+                           list(views.values()))  # (16, 10)
+    with torch.no_grad():
+        each = [loaded.model(task.inputs(view(images), config.data.mean, config.data.std)) for view in views.values()]
+    assert len(each) == 10
+    torch.testing.assert_close(averaged, torch.stack(each).mean(0))
+    assert not torch.allclose(each[0], each[1])  # the flip is a different view, so the average is not a no-op
+    # And the reported TTA accuracy is the argmax of those averages over the whole test set.
+    result = evaluate(loaded.model, test, task=task, runtime=loaded.runtime, batch_size=64, mean=config.data.mean,
+                      std=config.data.std, num_classes=10, views=list(views.values()))
+    with torch.no_grad():
+        mean_logits = torch.stack([loaded.model(task.inputs(view(test.images), config.data.mean, config.data.std))
+                                   for view in views.values()]).mean(0)  # (N, 10)
+    assert result.accuracy == pytest.approx((mean_logits.argmax(1) == test.labels).double().mean().item())

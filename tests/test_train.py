@@ -183,7 +183,9 @@ def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, tmp
     config = load_config(Path("configs/lenet.yaml"), [f"output.dir={tmp_path}", "train.epochs=1"])
     result = fit(config, data_root=str(real_data_root), run_name="real")
     assert result.test.n == 10_000
-    assert result.test.accuracy > 0.40, result.test.accuracy
+    # The recipe's own level: measured 54.5% test accuracy after this one epoch on the 2-core CPU
+    # (JPEG image folder, EMA 0.99); 52% leaves room for thread-count noise, not for a broken recipe.
+    assert result.test.accuracy >= 0.52, result.test.accuracy
 
 
 def test_resume_keeps_the_schedule_and_the_epochs(tmp_path, tiny_image_root):
@@ -329,3 +331,23 @@ def test_final_test_comes_before_the_curves_whose_failure_is_a_warning(tmp_path,
     assert result.test is not None and result.test.n == 100
     assert len(result.warnings) == 1 and "curves.png was not drawn (no display, say)" in result.warnings[0]
     assert not (result.run_dir / "curves.png").exists()
+
+
+def test_bf16_on_the_cpu_trains_in_bf16(tmp_path, tiny_image_root):
+    from cnnkit.device import setup_runtime
+
+    runtime = setup_runtime("cpu", "bf16", threads=1)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with runtime.autocast():
+        assert conv(torch.randn(2, 3, 8, 8)).dtype == torch.bfloat16  # autocast is on, not a no-op
+    result = fit(tiny_config(tmp_path, tiny_image_root, "train.precision=bf16", epochs=3), run_name="bf16")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.test.accuracy > 0.3  # 10 colour-coded classes; chance is 0.1
+
+
+def test_compile_trains(tmp_path, tiny_image_root):
+    # torch.compile on the CPU: the first step compiles (~20 s here), so one tiny epoch only.
+    result = fit(tiny_config(tmp_path, tiny_image_root, "train.compile=true", epochs=1), run_name="compiled")
+    assert len(result.history) == 1 and result.test.n == 100
+    payload = load_checkpoint(result.run_dir / "last.pt")
+    assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved as the plain model
