@@ -365,20 +365,22 @@ def test_tta_logits_are_the_average_of_the_views(trained):
 
     loaded = model_from_checkpoint(trained["a"] / "best.pt", "cpu")
     config, task = loaded.config, loaded.task
+    mean, std = config.data.mean, config.data.std
     test = prepare_data(config).test
     images, labels = test.images[:16], test.labels[:16]  # (16, 3, 32, 32) uint8, (16,)
-    views = tta_views(shift=True, pad_mode=config.data.pad_mode)
-    averaged, _ = _forward(loaded.model, images, labels, task, loaded.runtime, config.data.mean, config.data.std,
-                           list(views.values()))  # (16, 10)
+    # flip_translate: airbench's unequal weights (1, 1, ½ on each diagonal shift and its mirror).
+    views, weights = zip(*tta_views("flip_translate", config.data.pad_mode).values(), strict=True)
+    averaged, _ = _forward(loaded.model, images, labels, task, loaded.runtime, mean, std, views, weights)  # (16, 10)
     with torch.no_grad():
-        each = [loaded.model(task.inputs(view(images), config.data.mean, config.data.std)) for view in views.values()]
-    assert len(each) == 10
-    torch.testing.assert_close(averaged, torch.stack(each).mean(0))
+        each = torch.stack([loaded.model(task.inputs(view(images), mean, std)) for view in views])  # (6, 16, 10)
+    w = torch.tensor(weights).view(-1, 1, 1)  # (6, 1, 1)
+    assert weights == (1.0, 1.0, 0.5, 0.5, 0.5, 0.5)
+    torch.testing.assert_close(averaged, (each * w).sum(0) / w.sum())
     assert not torch.allclose(each[0], each[1])  # the flip is a different view, so the average is not a no-op
     # And the reported TTA accuracy is the argmax of those averages over the whole test set.
-    result = evaluate(loaded.model, test, task=task, runtime=loaded.runtime, batch_size=64, mean=config.data.mean,
-                      std=config.data.std, num_classes=10, views=list(views.values()))
+    result = evaluate(loaded.model, test, task=task, runtime=loaded.runtime, batch_size=64, mean=mean, std=std,
+                      num_classes=10, views=views, weights=weights)
     with torch.no_grad():
-        mean_logits = torch.stack([loaded.model(task.inputs(view(test.images), config.data.mean, config.data.std))
-                                   for view in views.values()]).mean(0)  # (N, 10)
+        all_views = torch.stack([loaded.model(task.inputs(view(test.images), mean, std)) for view in views])
+    mean_logits = (all_views * w).sum(0) / w.sum()  # (N, 10)
     assert result.accuracy == pytest.approx((mean_logits.argmax(1) == test.labels).double().mean().item())
