@@ -35,9 +35,12 @@ TARGETS = {"lenet": 0.61, "bn_cnn": 0.78, "fast": 0.90}
 
 def run_cnnkit_train(config: str, out_dir: Path, target: float, extra: list[str]) -> dict:
     name = Path(config).stem
+    from cnnkit.config import load_config
+
+    # The config's own TTA, or airbench's flip_translate for a config that has none.
+    tta = [] if load_config(config).train.tta != "none" else ["--set", "train.tta=flip_translate"]
     cmd = [sys.executable, "-m", "cnnkit", "train", "--config", config, "--name", name, "--overwrite", "--quiet",
-           "--set", f"output.dir={out_dir}", "--set", "train.test_every_epoch=true",
-           "--set", "train.tta=flip_shift", *extra]
+           "--set", f"output.dir={out_dir}", "--set", "train.test_every_epoch=true", *tta, *extra]
     launched = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
