@@ -77,7 +77,7 @@ def _setup_seconds(stdout: str) -> float | None:
     return float(line.rsplit("set-up ", 1)[1].split(" s")[0]) if line else None
 
 
-def bare_loop(config_path: str, extra_sets: list[str], device: str, steps: int) -> dict:
+def bare_loop(config_path: str, extra_sets: list[str], device: str, seconds: float) -> dict:
     """Images/s of the plainest loop over the config's model, batch, device and precision: one
     normalised batch already on the device, forward, loss, backward, the config's optimisers; the
     clock read only after the device has finished."""
@@ -113,9 +113,13 @@ def bare_loop(config_path: str, extra_sets: list[str], device: str, steps: int) 
     for _ in range(3):
         step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    # At least `seconds` of steps: this machine's speed wobbles by ±10% over a few seconds.
+    steps, t0 = 0, time.perf_counter()
+    while steps < 5 or time.perf_counter() - t0 < seconds:
         step()
+        steps += 1
+        if steps % 10 == 0:
+            sync()
     sync()
     seconds = time.perf_counter() - t0
     return {"images_per_s": steps * train.batch_size / seconds, "batch": train.batch_size, "steps": steps,
@@ -260,8 +264,7 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="CIFAR-10 folder (default: CNNKIT_DATA)")
     parser.add_argument("--no-textbook", action="store_true", help="skip the seed's loop (the day's reference)")
     parser.add_argument("--textbook-epochs", type=int, default=1)
-    parser.add_argument("--bare-steps", type=int, default=None, help="timed steps of the bare loop (default: ~1/4 "
-                        "epoch)")
+    parser.add_argument("--bare-seconds", type=float, default=20.0, help="how long to time the bare loop")
     parser.add_argument("--choices", action="store_true", help="also measure CPU fast-path options")
     parser.add_argument("--choice-seconds", type=float, default=4.0)
     parser.add_argument("--set", action="append", default=[], help="extra --set for every cnnkit train")
@@ -288,9 +291,8 @@ def main() -> None:
         entry = run_cnnkit_train(config, out_dir, target, [item for s in sets for item in ("--set", s)])
         entry.update(measure_data_and_eval(Path(entry["run_dir"]), args.data_root))
         entry["model"] = model_name
-        steps = args.bare_steps or max(5, 12_500 // load_config(config).train.batch_size)
-        print(f"bare step loop for {model_name} ({steps} steps) ...", flush=True)
-        entry["bare"] = bare_loop(config, args.set, args.device, steps)
+        print(f"bare step loop for {model_name} ({args.bare_seconds:.0f} s) ...", flush=True)
+        entry["bare"] = bare_loop(config, args.set, args.device, args.bare_seconds)
         entry["trainer_efficiency"] = entry["train_images_per_s"] / entry["bare"]["images_per_s"]
         results["models"].append(entry)
     if args.choices:
