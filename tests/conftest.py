@@ -169,3 +169,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def write_long_run_config(tmp_path: Path) -> Path:
+    """A lenet config on a tiny image folder with far more epochs than any test waits for: the run is
+    surely still going when a test signals it."""
+    import textwrap
+
+    root = make_image_folder(tmp_path / "data", n_train_per_class=4, n_test_per_class=2)
+    config = tmp_path / "long.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        model: {{name: lenet}}
+        data: {{root: {root}, val_split: 10}}
+        optim: {{name: adam, lr: 0.003}}
+        train: {{epochs: 100000, batch_size: 8, eval_batch_size: 64, threads: 1}}
+        output: {{dir: {tmp_path / 'runs'}}}
+        """))
+    return config

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import write_long_run_config
 
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.config import load_config
@@ -101,15 +100,7 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
 def test_sigint_stops_every_process_together(tmp_path):
     """Ctrl-C on `cnnkit train --nproc 2`: every process leaves within 20 s, the launcher with 130."""
-    root = make_image_folder(tmp_path / "data", n_train_per_class=4, n_test_per_class=2)
-    config = tmp_path / "long.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        model: {{name: lenet}}
-        data: {{root: {root}, val_split: 10}}
-        optim: {{name: adam, lr: 0.003}}
-        train: {{epochs: 100000, batch_size: 8, eval_batch_size: 64, threads: 1}}
-        output: {{dir: {tmp_path / 'runs'}}}
-        """))
+    config = write_long_run_config(tmp_path)
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "w") as o, open(err, "w") as e:
         # Its own session, like a terminal's foreground job: the signal goes to the whole group.

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, write_long_run_config
 
 from cnnkit.checkpoint import load_checkpoint
 from cnnkit.config import load_config
@@ -106,16 +106,7 @@ def _check_stopped(job: Cnnkit, run: Path, sig: signal.Signals, code: int) -> in
 
 
 def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path / "data", n_train_per_class=4, n_test_per_class=2)
-    config = tmp_path / "long.yaml"
-    # Far more epochs than the test waits for: the run is surely still going when signalled.
-    config.write_text(textwrap.dedent(f"""\
-        model: {{name: lenet}}
-        data: {{root: {root}, val_split: 10}}
-        optim: {{name: adam, lr: 0.003}}
-        train: {{epochs: 100000, batch_size: 8, eval_batch_size: 64, threads: 1}}
-        output: {{dir: {tmp_path / 'runs'}}}
-        """))
+    config = write_long_run_config(tmp_path)
     run = tmp_path / "runs" / "long"
     job = Cnnkit(tmp_path, "first", "train", "--config", str(config), "--name", "long", "--quiet")
     try:
