@@ -271,7 +271,7 @@ class EdgeMap(Task):
 
         image, target, output = self.example(model, test, mean, std)
         return plots.write_edges(image, target, output, report.kernel, folder / "edges.png",
-                                 title=f"{report.title}: test MSE {report.result.mse:.3g}")
+                                 title=f"{report.title}: MSE {report.result.mse:.3g}")  # stripes: its training picture
 
     @torch.inference_mode()
     def example(self, model: nn.Module, test: Split, mean: list[float], std: list[float]):
