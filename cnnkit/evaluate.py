@@ -69,7 +69,7 @@ def _forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, task:
     weights = weights or [1.0] * len(views or [None])
     for view, weight in zip(views or [None], weights, strict=True):
         shown = images if view is None else view(images)  # (B, C, H, W) uint8
-        inputs = task.inputs(shown, mean, std).contiguous(memory_format=runtime.memory_format)  # (B, C, H, W)
+        inputs = task.inputs(shown, mean, std, runtime.memory_format)  # (B, C, H, W)
         if targets is None:
             targets = task.targets(inputs, labels)
         with runtime.autocast():

@@ -77,9 +77,10 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
         if solo and stop.signum is not None:
             raise StopRequested()
         idx = order[step]  # (B,) on the device
-        images = augment(split.images[idx], idx)  # (B, C, H, W) uint8, the whole global batch
-        images, labels = distributed.shard(images), distributed.shard(split.labels[idx])
-        inputs = task.inputs(images, mean_t, std_t).contiguous(memory_format=runtime.memory_format)  # (b, C, H, W)
+        # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
+        images = augment(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
+        images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
+        inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
         targets = task.targets(inputs, labels)
         with runtime.autocast():
             outputs = model(inputs)

@@ -83,7 +83,7 @@ class Classifier:
         for lo in range(0, images.shape[0], BATCH):
             batch = images[lo: lo + BATCH].to(self.runtime.device)  # (B, C, H, W) uint8
             # The same input layout `cnnkit eval` feeds this model (channels_last when it trained so).
-            inputs = normalize(batch, self.mean, self.std).contiguous(memory_format=self.runtime.memory_format)
+            inputs = normalize(batch, self.mean, self.std, memory_format=self.runtime.memory_format)
             logits = self.model(inputs).float()  # (B, K)
             out.append(logits.softmax(dim=1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))

@@ -57,7 +57,9 @@ class Task:
     # What the task cannot do, by feature, as the error's text ({path}, {model}, {task} are filled in).
     refusals: dict[str, str] = {}
 
-    def inputs(self, images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    def inputs(self, images: torch.Tensor, mean: list[float], std: list[float],
+               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """uint8 images -> the model's float input, made straight in `memory_format`."""
         raise NotImplementedError
 
     def targets(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -141,8 +143,8 @@ class Classification(Task):
               mark_best=True),
     ]
 
-    def inputs(self, images, mean, std):
-        return normalize(images, mean, std)  # (B, C, H, W) float32
+    def inputs(self, images, mean, std, memory_format=torch.contiguous_format):
+        return normalize(images, mean, std, memory_format=memory_format)  # (B, C, H, W) float32
 
     def targets(self, inputs, labels):
         return labels  # (B,)
@@ -220,8 +222,8 @@ class EdgeMap(Task):
                "drop it for this one",
     }
 
-    def inputs(self, images, mean, std):
-        return images.float() / 255  # (B, C, H, W) in [0, 1]
+    def inputs(self, images, mean, std, memory_format=torch.contiguous_format):
+        return images.to(torch.float32, memory_format=memory_format).div_(255)  # (B, C, H, W) in [0, 1]
 
     def targets(self, inputs, labels):
         channels = inputs.shape[1]

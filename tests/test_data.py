@@ -593,6 +593,10 @@ def test_augment_noop_and_flip_only() -> None:
     flipped = (out == images.flip(3)).flatten(1).all(1)  # (B,)
     assert (same | flipped).all()
     assert same.any() and flipped.any()
+    # A given mask (the alternating scheme) is followed exactly, image by image.
+    mask = torch.arange(images.shape[0]) % 3 == 0  # (B,)
+    out = augment_batch(images, crop_padding=0, hflip=True, generator=g, flip=mask)
+    assert torch.equal(out[mask], images[mask].flip(3)) and torch.equal(out[~mask], images[~mask])
 
 
 @pytest.mark.parametrize("hflip", [False, True])
@@ -653,6 +657,10 @@ def test_normalize() -> None:
     assert normalize(images, mean, std, dtype=torch.bfloat16).dtype == torch.bfloat16
     gray = normalize(images[:, :1], [0.5], [0.25])
     assert torch.allclose(gray.double(), (images[:, :1].double() / 255 - 0.5) / 0.25, atol=1e-5)
+    # Made straight in the model's layout: the same values, channels_last strides, no later copy.
+    last = normalize(images, mean, std, memory_format=torch.channels_last)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    assert torch.equal(last, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Where a training step's time goes: the trainer's pieces timed one by one against the bare step.
+
+    python scripts/profile_step.py --config configs/lenet.yaml [--set train.batch_size=1024] [--device cuda]
+
+It builds the config's model, optimisers, schedule and EMA exactly as `cnnkit train` does, on
+random uint8 images (the timings do not depend on the pixels), and prints milliseconds per step
+for: the bare step (forward, loss, backward, optimiser on one ready batch), each piece the trainer
+adds around it (batch gather and augmentation, normalisation and layout, the device-side loss and
+hit sums, the schedule step, the EMA update), and a whole `train_one_epoch` over the same images.
+The last line compares the whole epoch's ms/step with the bare step plus the pieces, so a cost
+nobody accounted for shows up. Run it on an idle machine: it measures, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def timed(fn, device: torch.device, seconds: float) -> float:
+    """Mean milliseconds per call of `fn`, over at least `seconds` (after three warm-up calls)."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < 10 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync(device)
+    return 1000 * (time.perf_counter() - start) / calls
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=10_000, help="random training images to make")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time each piece for at least this long")
+    args = parser.parse_args()
+
+    from cnnkit.config import load_config
+    from cnnkit.data import Split, augment_batch, channel_tensors
+    from cnnkit.device import setup_runtime
+    from cnnkit.loop import train_one_epoch
+    from cnnkit.state import build_state
+    from cnnkit.tasks import task_for
+
+    config = load_config(args.config, [*args.sets, f"train.device={args.device}"])
+    train = config.train
+    runtime = setup_runtime(train.device, train.precision, train.threads, train.channels_last)
+    device = runtime.device
+    task = task_for(config)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.randint(0, 10, (args.images,), generator=generator).to(device)
+    split = Split(images, labels)
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    state = build_state(config, runtime, 10, len(split), init_images=None)
+    model, optimizer, scheduler, ema = state.train_model, state.optimizer, state.scheduler, state.ema
+    B = train.batch_size
+    mean_t, std_t = channel_tensors(mean, std, device)
+    idx = torch.randperm(args.images, generator=generator)[:B].to(device)  # (B,)
+    aug_generator = torch.Generator(device=device).manual_seed(0)
+    x = task.inputs(images[idx], mean_t, std_t, runtime.memory_format)  # (B, C, H, W)
+    y = labels[idx]  # (B,)
+
+    def bare_step():
+        with runtime.autocast():
+            out = model(x)
+        loss = task.loss(out.float(), y, train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def gather_augment():
+        batch = images.index_select(0, idx)  # (B, C, H, W) uint8, as the loop gathers
+        if config.data.augment and task.augments:
+            batch = augment_batch(batch, crop_padding=config.data.crop_padding, hflip=config.data.hflip,
+                                  generator=aug_generator, pad_mode=config.data.pad_mode)
+        return batch
+
+    batch = gather_augment()
+
+    def normalise():
+        return task.inputs(batch, mean_t, std_t, runtime.memory_format)
+
+    with runtime.autocast():
+        out = model(x).detach()
+    loss = task.loss(out.float(), y, train.label_smoothing).detach()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+
+    def account():
+        finite = torch.isfinite(loss)
+        sums.add_(torch.stack([torch.where(finite, loss, 0.0).double() * B, task.hits(out, y).double(),
+                               (~finite).double()]))
+
+    pieces = {"bare step (forward, loss, backward, optimiser)": bare_step,
+              "gather + augment": gather_augment, "normalise + layout": normalise,
+              "loss/hit sums": account, "schedule step": scheduler.step}
+    if ema is not None:
+        pieces["EMA update"] = ema.update
+    ms = {name: timed(fn, device, args.seconds) for name, fn in pieces.items()}
+    for name, value in ms.items():
+        print(f"{name:<48} {value:8.3f} ms/step")
+
+    steps = len(split) // B
+    epochs, start = 0, time.perf_counter()
+    while epochs < 2 or time.perf_counter() - start < 2 * args.seconds:
+        train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
+                        epoch=epochs, mean=mean, std=std, scaler=state.scaler, ema=ema)
+        epochs += 1
+    whole = 1000 * (time.perf_counter() - start) / (epochs * steps)
+    bare = ms["bare step (forward, loss, backward, optimiser)"]
+    print(f"{'train_one_epoch':<48} {whole:8.3f} ms/step   (bare + pieces {sum(ms.values()):.3f}; "
+          f"efficiency {bare / whole:.2f})")
+
+
+if __name__ == "__main__":
+    main()
