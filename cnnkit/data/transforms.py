@@ -112,8 +112,9 @@ def normalize(
     # Convert and scale in (B, C, H, W) order, then change layout once at the end: on the CPU an
     # elementwise op broadcasting (1, C, 1, 1) over a channels_last tensor runs ~10x slower (its
     # innermost dimension is just C = 3), and so does converting uint8 straight into channels_last.
-    x = images.to(torch.float32, memory_format=torch.contiguous_format).mul_(std_t.mul(255).reciprocal_()).sub_(mean_t / std_t)  # (B, C, H, W)
-    x = x.contiguous(memory_format=memory_format)  # scale = 1/(255·std), shift = −mean/std above
+    scale, shift = std_t.mul(255).reciprocal_(), mean_t / std_t  # (1, C, 1, 1): x·scale − shift
+    x = images.to(torch.float32, memory_format=torch.contiguous_format).mul_(scale).sub_(shift)  # (B, C, H, W)
+    x = x.contiguous(memory_format=memory_format)  # (B, C, H, W) in the model's layout
     return x.to(dtype)
 
 
