@@ -7,13 +7,16 @@ random uint8 images (the timings do not depend on the pixels), and prints millis
 for: the bare step (forward, loss, backward, optimiser on one ready batch), each piece the trainer
 adds around it (batch gather and augmentation, normalisation and layout, the device-side loss and
 hit sums, the schedule step, the EMA update), and a whole `train_one_epoch` over the same images.
-The last line compares the whole epoch's ms/step with the bare step plus the pieces, so a cost
-nobody accounted for shows up. Run it on an idle machine: it measures, it does not assert.
+The whole epoch's ms/step is printed beside the bare step plus the pieces, so a cost nobody
+accounted for shows up; the efficiency comes from rounds that interleave an epoch's worth of bare
+steps with a whole epoch, so the machine's drift falls on both alike. Run it on an idle machine:
+it measures, it does not assert.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -44,6 +47,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=10_000, help="random training images to make")
     parser.add_argument("--seconds", type=float, default=3.0, help="time each piece for at least this long")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds of bare steps and whole epochs")
+    parser.add_argument("--verbose", action="store_true", help="print every round's ms/step")
     args = parser.parse_args()
 
     from cnnkit.config import load_config
@@ -111,17 +116,30 @@ def main() -> None:
     for name, value in ms.items():
         print(f"{name:<48} {value:8.3f} ms/step")
 
+    # The efficiency: whole epochs against as many bare steps, interleaved in rounds in this one
+    # process. This machine drifts by ±10% within a minute, and between processes too, so one
+    # block of bare steps timed before a block of epochs (or in another process, as bench_train.py
+    # must) can show a gap that is only the drift; the medians of interleaved rounds do not.
     steps = len(split) // B
-    epochs, start = 0, time.perf_counter()
-    while epochs < 2 or time.perf_counter() - start < 2 * args.seconds:
-        train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
-                        epoch=epochs, mean=mean, std=std, scaler=state.scaler, ema=ema)
-        epochs += 1
-    whole = 1000 * (time.perf_counter() - start) / (epochs * steps)
-    bare = ms["bare step (forward, loss, backward, optimiser)"]
-    print(f"{'train_one_epoch':<48} {whole:8.3f} ms/step   (bare + pieces {sum(ms.values()):.3f}; "
-          f"efficiency {bare / whole:.2f})")
-
+    bare_ms, epoch_ms = [], []
+    for epoch in range(args.rounds):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            bare_step()
+        sync(device)
+        bare_ms.append(1000 * (time.perf_counter() - start) / steps)
+        row = train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
+                              epoch=epoch, mean=mean, std=std, scaler=state.scaler, ema=ema)
+        epoch_ms.append(1000 * row["epoch_s"] / steps)
+    if args.verbose:
+        print("bare ms/step by round: ", " ".join(f"{v:.1f}" for v in bare_ms))
+        print("epoch ms/step by round:", " ".join(f"{v:.1f}" for v in epoch_ms))
+    bare, whole = statistics.median(bare_ms), statistics.median(epoch_ms)
+    print(f"{'train_one_epoch':<48} {whole:8.3f} ms/step   (bare + pieces {sum(ms.values()):.3f})")
+    print(f"interleaved, {args.rounds} rounds of {steps} steps: bare {min(bare_ms):.1f}–{max(bare_ms):.1f}, "
+          f"epoch {min(epoch_ms):.1f}–{max(epoch_ms):.1f} ms/step; efficiency (median bare / median epoch) "
+          f"{bare / whole:.2f}")
 
 if __name__ == "__main__":
     main()
