@@ -8,9 +8,10 @@ for: the bare step (forward, loss, backward, optimiser on one ready batch), each
 adds around it (batch gather and augmentation, normalisation and layout, the device-side loss and
 hit sums, the schedule step, the EMA update), and a whole `train_one_epoch` over the same images.
 The whole epoch's ms/step is printed beside the bare step plus the pieces, so a cost nobody
-accounted for shows up; the efficiency comes from rounds that interleave an epoch's worth of bare
-steps with a whole epoch, so the machine's drift falls on both alike. Run it on an idle machine:
-it measures, it does not assert.
+accounted for shows up. The efficiency comes from rounds that interleave an epoch's worth of bare
+steps on one ready batch, as many bare steps each on a new gathered and normalised batch, and a
+whole epoch, so the machine's drift falls on all three alike. Run it on an idle machine: it
+measures, it does not assert.
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ def main() -> None:
     x = task.inputs(images[idx], mean_t, std_t, runtime.memory_format)  # (B, C, H, W)
     y = labels[idx]  # (B,)
 
-    def bare_step():
+    def bare_step(inputs=x, targets=y):
         with runtime.autocast():
-            out = model(x)
-        loss = task.loss(out.float(), y, train.label_smoothing)
+            out = model(inputs)
+        loss = task.loss(out.float(), targets, train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,26 +121,42 @@ def main() -> None:
     # process. This machine drifts by ±10% within a minute, and between processes too, so one
     # block of bare steps timed before a block of epochs (or in another process, as bench_train.py
     # must) can show a gap that is only the drift; the medians of interleaved rounds do not.
+    # A third kind of round, the bare step on a new batch every step (gathered and normalised,
+    # not augmented), separates what any trainer pays for fresh data from the loop's own costs.
     steps = len(split) // B
-    bare_ms, epoch_ms = [], []
-    for epoch in range(args.rounds):
-        sync(device)
-        start = time.perf_counter()
+    batches = torch.randperm(len(split), generator=generator)[: steps * B].view(steps, B).to(device)  # (S, B)
+
+    def bare_round(epoch: int) -> None:
         for _ in range(steps):
             bare_step()
-        sync(device)
-        bare_ms.append(1000 * (time.perf_counter() - start) / steps)
-        row = train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
-                              epoch=epoch, mean=mean, std=std, scaler=state.scaler, ema=ema)
-        epoch_ms.append(1000 * row["epoch_s"] / steps)
-    if args.verbose:
-        print("bare ms/step by round: ", " ".join(f"{v:.1f}" for v in bare_ms))
-        print("epoch ms/step by round:", " ".join(f"{v:.1f}" for v in epoch_ms))
-    bare, whole = statistics.median(bare_ms), statistics.median(epoch_ms)
-    print(f"{'train_one_epoch':<48} {whole:8.3f} ms/step   (bare + pieces {sum(ms.values()):.3f})")
-    print(f"interleaved, {args.rounds} rounds of {steps} steps: bare {min(bare_ms):.1f}–{max(bare_ms):.1f}, "
-          f"epoch {min(epoch_ms):.1f}–{max(epoch_ms):.1f} ms/step; efficiency (median bare / median epoch) "
-          f"{bare / whole:.2f}")
+
+    def fresh_round(epoch: int) -> None:
+        for batch_idx in batches:
+            bare_step(task.inputs(images.index_select(0, batch_idx), mean_t, std_t, runtime.memory_format),
+                      labels.index_select(0, batch_idx))
+
+    def epoch_round(epoch: int) -> None:
+        train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
+                        epoch=epoch, mean=mean, std=std, scaler=state.scaler, ema=ema)
+
+    rounds = {"bare (one ready batch)": bare_round, "bare, a new batch each step": fresh_round,
+              "train_one_epoch": epoch_round}
+    per_step = {name: [] for name in rounds}
+    for epoch in range(args.rounds):
+        for name, run_round in rounds.items():
+            sync(device)
+            start = time.perf_counter()
+            run_round(epoch)
+            sync(device)
+            per_step[name].append(1000 * (time.perf_counter() - start) / steps)
+    print(f"interleaved, {args.rounds} rounds of {steps} steps (median, range in ms/step):")
+    for name, values in per_step.items():
+        print(f"  {name:<46} {statistics.median(values):8.3f}   {min(values):.2f}–{max(values):.2f}")
+        if args.verbose:
+            print("    by round: " + " ".join(f"{v:.2f}" for v in values))
+    bare, fresh, whole = (statistics.median(v) for v in per_step.values())
+    print(f"bare + pieces {sum(ms.values()):.3f} ms/step; efficiency (median bare / median epoch) {bare / whole:.2f}, "
+          f"against the new-batch bare step {fresh / whole:.2f}")
 
 if __name__ == "__main__":
     main()
