@@ -141,14 +141,7 @@ def main() -> None:
 
     rounds = {"bare (one ready batch)": bare_round, "bare, a new batch each step": fresh_round,
               "train_one_epoch": epoch_round}
-    per_step = {name: [] for name in rounds}
-    for epoch in range(args.rounds):
-        for name, run_round in rounds.items():
-            sync(device)
-            start = time.perf_counter()
-            run_round(epoch)
-            sync(device)
-            per_step[name].append(1000 * (time.perf_counter() - start) / steps)
+    per_step = interleaved(rounds, steps, args.rounds, device)
     print(f"interleaved, {args.rounds} rounds of {steps} steps (median, range in ms/step):")
     for name, values in per_step.items():
         print(f"  {name:<46} {statistics.median(values):8.3f}   {min(values):.2f}–{max(values):.2f}")
@@ -157,6 +150,21 @@ def main() -> None:
     bare, fresh, whole = (statistics.median(v) for v in per_step.values())
     print(f"bare + pieces {sum(ms.values()):.3f} ms/step; efficiency (median bare / median epoch) {bare / whole:.2f}, "
           f"against the new-batch bare step {fresh / whole:.2f}")
+
+
+def interleaved(rounds: dict, steps: int, n_rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """ms/step of each kind of round, run in turn `n_rounds` times: round r of every kind is
+    timed within the same minute, so the machine's drift falls on all of them alike."""
+    per_step = {name: [] for name in rounds}
+    for r in range(n_rounds):
+        for name, run_round in rounds.items():
+            sync(device)
+            start = time.perf_counter()
+            run_round(r)
+            sync(device)
+            per_step[name].append(1000 * (time.perf_counter() - start) / steps)
+    return per_step
+
 
 if __name__ == "__main__":
     main()
