@@ -3,9 +3,10 @@
 For each config: `cnnkit train` in a subprocess — training seconds (the steps alone) and wall
 seconds from launch to the first epoch whose test accuracy reaches the config's target, the final
 test accuracy with and without TTA (flip + 1-pixel shifts), training images/s and peak memory —
-then a bare step loop over the same model, batch, device and precision (data already on the
-device as one normalised batch, no augmentation, no schedule, no EMA, no host syncs). cnnkit's
-img/s over the bare loop's is the "trainer efficiency": what the trainer's own work costs.
+and a bare step loop just before and just after it over the same model, batch, device and
+precision (data already on the device as one normalised batch, no augmentation, no schedule, no
+EMA, no host syncs). cnnkit's img/s over the two bare loops' mean is the "trainer efficiency":
+what the trainer's own work costs. (`scripts/profile_step.py` measures it within one process.)
 
 The seed's textbook loop (per-image ToTensor DataLoader, batch 8, Adam 1e-3, LeNet) runs for
 `--textbook-epochs` as the day's reference: this machine's speed drifts by up to 1.5× from day to
@@ -287,12 +288,20 @@ def main() -> None:
     for config in args.configs:
         model_name = load_config(config).model.name
         target = args.target or TARGETS.get(model_name, 0.5)
+        # The bare loop runs just before and just after the training run and the two are averaged:
+        # this machine's speed drifts by ±10% within minutes, and a bare loop timed on one side only
+        # puts all of that drift into the efficiency.
+        print(f"bare step loop for {model_name}, before the run ({args.bare_seconds:.0f} s) ...", flush=True)
+        bare_before = bare_loop(config, args.set, args.device, args.bare_seconds)
         print(f"cnnkit train --config {config} ...", flush=True)
         entry = run_cnnkit_train(config, out_dir, target, [item for s in sets for item in ("--set", s)])
+        print(f"bare step loop for {model_name}, after the run ({args.bare_seconds:.0f} s) ...", flush=True)
+        bare_after = bare_loop(config, args.set, args.device, args.bare_seconds)
         entry.update(measure_data_and_eval(Path(entry["run_dir"]), args.data_root))
         entry["model"] = model_name
-        print(f"bare step loop for {model_name} ({args.bare_seconds:.0f} s) ...", flush=True)
-        entry["bare"] = bare_loop(config, args.set, args.device, args.bare_seconds)
+        entry["bare"] = {**bare_after, "before_images_per_s": bare_before["images_per_s"],
+                         "after_images_per_s": bare_after["images_per_s"],
+                         "images_per_s": (bare_before["images_per_s"] + bare_after["images_per_s"]) / 2}
         entry["trainer_efficiency"] = entry["train_images_per_s"] / entry["bare"]["images_per_s"]
         results["models"].append(entry)
     if args.choices:
@@ -304,6 +313,13 @@ def main() -> None:
     print(f"saved {out}")
 
 
+def _bare_cell(bare: dict) -> str:
+    """The mean of the bare loops before and after the run, with the two beside it."""
+    if "before_images_per_s" not in bare:
+        return f"{bare['images_per_s']:,.0f}"
+    return f"{bare['images_per_s']:,.0f} ({bare['before_images_per_s']:,.0f}/{bare['after_images_per_s']:,.0f})"
+
+
 def print_tables(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -313,14 +329,15 @@ def print_tables(results: dict) -> None:
     table = Table(title=f"cnnkit training benchmark ({os.cpu_count()} CPUs, device {results['machine']['device']}"
                         f"{ref})")
     for col in ("model", "target", "train s to target", "wall s to target", "epoch", "train s (all)",
-                "final test acc", "with TTA", "train img/s", "bare img/s", "efficiency", "eval cmd s", "peak RSS"):
+                "final test acc", "with TTA", "train img/s", "bare img/s (before/after)", "efficiency",
+                "eval cmd s", "peak RSS"):
         table.add_column(col, justify="right")
     fmt_s = lambda v: f"{v:.1f}" if v is not None else "not reached"  # noqa: E731
     for e in results["models"]:
         table.add_row(e["model"], f"{e['target']:.0%}", fmt_s(e["steps_s_to_target"]), fmt_s(e["time_to_target_s"]),
                       str(e["epoch_reaching_target"] or "-"), f"{e['train_s']:.1f}", f"{e['final_test_acc']:.4f}",
                       f"{e['final_tta_acc']:.4f}" if e["final_tta_acc"] is not None else "-",
-                      f"{e['train_images_per_s']:,.0f}", f"{e['bare']['images_per_s']:,.0f}",
+                      f"{e['train_images_per_s']:,.0f}", _bare_cell(e["bare"]),
                       f"{e['trainer_efficiency']:.2f}", f"{e['eval_command_s']:.2f}", f"{e['peak_rss_mib']:.0f} MiB")
     console.print(table)
     if "cpu_choices" in results:
