@@ -352,3 +352,21 @@ def test_compile_trains(tmp_path, tiny_image_root):
     assert len(result.history) == 1 and result.test.n == 100
     payload = load_checkpoint(result.run_dir / "last.pt")
     assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved as the plain model
+
+
+@pytest.mark.parametrize("off", ["0", "null"])
+def test_ema_decay_0_or_null_turns_the_ema_off(tmp_path, tiny_image_root, off):
+    # lenet.yaml averages (ema_decay 0.99); `--set train.ema_decay=0` or `=null` must train and save
+    # the raw weights, as a run that never had an EMA does.
+    sets = [f"data.root={tiny_image_root}", "data.val_split=20", "train.epochs=2", "train.batch_size=32",
+            f"output.dir={tmp_path / 'runs'}", "train.threads=1", "train.deterministic=true",
+            "train.test_every_epoch=false"]
+    assert load_config(Path("configs/lenet.yaml"), sets).train.ema_decay == 0.99
+    off_run = fit(load_config(Path("configs/lenet.yaml"), [*sets, f"train.ema_decay={off}"]), run_name="off")
+    last = load_checkpoint(off_run.run_dir / "last.pt")
+    assert "train_model" not in last and "ema_updates" not in last
+    averaged = load_checkpoint(fit(load_config(Path("configs/lenet.yaml"), sets), run_name="on").run_dir / "last.pt")
+    # Same seed, same steps: the raw weights of the averaged run are the off run's weights.
+    for key, value in last["model"].items():
+        assert torch.equal(averaged["train_model"][key], value), key
+    assert not torch.equal(averaged["model"]["fc3.weight"], last["model"]["fc3.weight"])
