@@ -94,7 +94,7 @@ class DataConfig(Section):
 
 
 class ParamGroupConfig(Section):
-    """Some of the model's parameters with an optimiser of their own (cnnkit.optim)."""
+    """Some of the model's parameters with an optimiser of their own (cnnkit.optim.registry)."""
 
     # Shell-style patterns over the names model.named_parameters() gives, e.g. "group*.conv*.weight";
     # a parameter goes to the first group one of whose patterns it matches.
@@ -113,7 +113,7 @@ class ParamGroupConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from cnnkit.optim import OPTIMIZERS
+        from cnnkit.optim.registry import OPTIMIZERS
 
         return _check_registry_name(name, OPTIMIZERS, "optimiser")
 
@@ -129,7 +129,7 @@ class OptimConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from cnnkit.optim import OPTIMIZERS
+        from cnnkit.optim.registry import OPTIMIZERS
 
         return _check_registry_name(name, OPTIMIZERS, "optimiser")
 
@@ -143,7 +143,7 @@ class ScheduleConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_schedule(cls, name: str) -> str:
-        from cnnkit.optim import SCHEDULES
+        from cnnkit.optim.registry import SCHEDULES
 
         return _check_registry_name(name, SCHEDULES, "schedule")
 
@@ -156,7 +156,7 @@ class TrainConfig(Section):
     device: str = "auto"
     deterministic: bool = False
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # Evaluate, select and save an exponential moving average of the weights (cnnkit.ema); e.g. 0.99.
+    # Evaluate, select and save an exponential moving average of the weights (cnnkit.training.ema); e.g. 0.99.
     # 0 or null: no average.
     ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
@@ -169,7 +169,7 @@ class TrainConfig(Section):
     test_every_epoch: bool = False
     # The final test also with test-time augmentation, reported beside the plain figure: flip (the
     # image and its mirror), flip_shift (also ±1-pixel shifts, 10 views, cnnkit eval --tta-shift) or
-    # flip_translate (airbench's: mirror and two diagonal 1-pixel moves, weighted; cnnkit.evaluate).
+    # flip_translate (airbench's: mirror and two diagonal 1-pixel moves, weighted; cnnkit.evaluation.evaluate).
     tta: Literal["none", "flip", "flip_shift", "flip_translate"] = "none"
     # A model with `init_from_data` (e.g. fast's whitening conv) is initialised from this many
     # training images before the first step of a new run.

@@ -20,13 +20,13 @@ from torch import nn
 from cnnkit.data.splits import Split
 from cnnkit.data.transforms import normalize
 from cnnkit.errors import CheckpointError
-from cnnkit.metrics import AccuracyMeter, EvalResult, SquaredErrorMeter
+from cnnkit.evaluation.metrics import AccuracyMeter, EvalResult, SquaredErrorMeter
 from cnnkit.models import MODELS
 
 if TYPE_CHECKING:  # annotations only
     from cnnkit.config import Config
-    from cnnkit.evaluate import CheckpointEval
-    from cnnkit.runs import RunSummary
+    from cnnkit.evaluation.evaluate import CheckpointEval
+    from cnnkit.reports.runs import RunSummary
 
 
 
@@ -77,7 +77,7 @@ class Task:
         raise NotImplementedError
 
     def meter(self, num_classes: int, device: torch.device):
-        """A fresh accumulator for `evaluate` (cnnkit.metrics)."""
+        """A fresh accumulator for `evaluate` (cnnkit.evaluation.metrics)."""
         raise NotImplementedError
 
     def fields(self, prefix: str, result: EvalResult) -> dict[str, float]:
@@ -196,7 +196,7 @@ class Classification(Task):
         return [_pct(run.best_val), _pct(run.test_at_best), _pct(run.best_test), _pct(run.final_test)]
 
     def draw(self, report, model, test, mean, std, folder):
-        from cnnkit import plots
+        from cnnkit.reports import plots
 
         r = report.result
         return plots.write_confusion(r.confusion, report.classes, folder / "confusion.png",
@@ -269,7 +269,7 @@ class EdgeMap(Task):
         return [val, "", "", f"mse {run.final_test_mse:.2g}" if run.final_test_mse is not None else ""]
 
     def draw(self, report, model, test, mean, std, folder):
-        from cnnkit import plots
+        from cnnkit.reports import plots
 
         image, target, output = self.example(model, test, mean, std)
         return plots.write_edges(image, target, output, report.kernel, folder / "edges.png",

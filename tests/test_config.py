@@ -9,7 +9,7 @@ import pytest
 from cnnkit.config import Config, load_config, parse_override
 from cnnkit.errors import ConfigError
 from cnnkit.models import MODELS
-from cnnkit.optim import OPTIMIZERS, SCHEDULES
+from cnnkit.optim.registry import OPTIMIZERS, SCHEDULES
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import write_long_run_config
 
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.config import load_config
-from cnnkit.evaluate import evaluate_checkpoint
-from cnnkit.train import fit
+from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.training.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
@@ -72,7 +72,7 @@ def test_nproc_2_bn_cnn_matches_one_process(tmp_path, tiny_image_root):
 
 def test_sync_bn_without_ddp_changes_nothing(tmp_path, tiny_image_root):
     from cnnkit.device import setup_runtime
-    from cnnkit.state import build_state, use_sync_bn
+    from cnnkit.training.state import build_state, use_sync_bn
 
     config = load_config("configs/bn_cnn.yaml", overrides(tmp_path, tiny_image_root) + ["train.sync_bn=true"])
     state = build_state(config, setup_runtime("cpu", threads=1), 10, 180)

@@ -20,7 +20,7 @@ from conftest import make_batches_dir, make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnkit.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from cnnkit.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.data import load_cifar10
@@ -33,10 +33,10 @@ from cnnkit.errors import (
     RunError,
     TrainingError,
 )
-from cnnkit.evaluate import evaluate_checkpoint
+from cnnkit.evaluation.evaluate import evaluate_checkpoint
 from cnnkit.models import MODELS
-from cnnkit.optim import OPTIMIZERS, SCHEDULES
-from cnnkit.train import fit, resume_config
+from cnnkit.optim.registry import OPTIMIZERS, SCHEDULES
+from cnnkit.training.fit import fit, resume_config
 
 runner = CliRunner()
 PACKAGE = Path(__file__).resolve().parents[1] / "cnnkit"
@@ -544,7 +544,7 @@ def test_absurd_lr_stops_with_epoch_step_and_advice(tmp_path: Path, small_root: 
 
 def test_blow_up_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path, small_root: Path,
                                                                  monkeypatch) -> None:
-    import cnnkit.train as train_mod
+    import cnnkit.training.fit as train_mod
 
     real = train_mod.train_one_epoch
 
@@ -575,7 +575,7 @@ def test_blow_up_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path,
 def test_blow_up_in_the_last_step_of_an_epoch_is_not_saved(tmp_path: Path, small_root: Path, monkeypatch) -> None:
     # One step per epoch: the step that ruins the weights is the epoch's last, so no training loss
     # is ever NaN in that epoch; its validation loss is. That epoch must not become last.pt.
-    import cnnkit.train as train_mod
+    import cnnkit.training.fit as train_mod
 
     real = train_mod.train_one_epoch
 

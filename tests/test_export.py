@@ -16,9 +16,9 @@ from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.data import load_cifar10
 from cnnkit.errors import ExportError
-from cnnkit.evaluate import evaluate_checkpoint
-from cnnkit.export import export_checkpoint
-from cnnkit.train import fit
+from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.evaluation.export import export_checkpoint
+from cnnkit.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

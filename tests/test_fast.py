@@ -7,7 +7,7 @@ import torch
 
 from cnnkit.models import build_model
 from cnnkit.models.fast import FastNet
-from cnnkit.muon import NS_COEFFS, Muon, orthogonalize
+from cnnkit.optim.muon import NS_COEFFS, Muon, orthogonalize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,8 +114,8 @@ def _fast_config(tmp_path, root, *extra: str, epochs: int = 3):
 
 
 def test_fast_yaml_trains_on_tiny_data_with_tta(tmp_path, tiny_image_root):
-    from cnnkit.checkpoint import load_checkpoint
-    from cnnkit.train import fit
+    from cnnkit.training.checkpoint import load_checkpoint
+    from cnnkit.training.fit import fit
 
     config = _fast_config(tmp_path, tiny_image_root, epochs=4)
     result = fit(config, run_name="fast")
@@ -133,7 +133,7 @@ def test_fast_yaml_trains_on_tiny_data_with_tta(tmp_path, tiny_image_root):
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_group_schedule_length_and_first_match_wins(tmp_path, tiny_image_root):
     from cnnkit.device import setup_runtime
-    from cnnkit.state import build_state
+    from cnnkit.training.state import build_state
 
     config = _fast_config(tmp_path, tiny_image_root, epochs=4)
     state = build_state(config, setup_runtime("cpu", threads=1), 10, 200)
@@ -156,7 +156,7 @@ def test_group_schedule_length_and_first_match_wins(tmp_path, tiny_image_root):
 def test_group_that_matches_nothing_is_one_clear_error(tmp_path, tiny_image_root):
     from cnnkit.device import setup_runtime
     from cnnkit.errors import ConfigError
-    from cnnkit.state import build_state
+    from cnnkit.training.state import build_state
 
     config = _fast_config(tmp_path, tiny_image_root, "optim.groups=[{params: ['conv9.*'], name: sgd, lr: 0.1}]")
     with pytest.raises(ConfigError, match=r"optim.groups\[0\].params: \['conv9.\*'\] match no trainable parameter"):
@@ -167,9 +167,9 @@ def test_per_group_optimisers_resume_bit_identically(tmp_path, tiny_image_root):
     import os
     import signal
 
-    from cnnkit.checkpoint import load_checkpoint
+    from cnnkit.training.checkpoint import load_checkpoint
     from cnnkit.errors import Interrupted
-    from cnnkit.train import fit, resume_config
+    from cnnkit.training.fit import fit, resume_config
 
     # 4 epochs: the whitening bias's schedule (3 epochs) ends, and it is frozen, in both runs.
     full = fit(_fast_config(tmp_path, tiny_image_root, epochs=4), run_name="full")
@@ -196,7 +196,7 @@ def test_per_group_optimisers_resume_bit_identically(tmp_path, tiny_image_root):
 def test_flip_translate_tta_is_airbench_weighted_average():
     from cnnkit.data import Split
     from cnnkit.device import setup_runtime
-    from cnnkit.evaluate import evaluate, tta_views
+    from cnnkit.evaluation.evaluate import evaluate, tta_views
     from cnnkit.tasks import TASKS
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.config import Config, load_config
 from cnnkit.errors import CnnkitError, ConfigError
 from cnnkit.models import build_model

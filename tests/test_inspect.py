@@ -13,17 +13,17 @@ from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnkit.checkpoint import load_checkpoint, model_from_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import config_from_dict, load_config
-from cnnkit.curves import write_curves
+from cnnkit.reports.curves import write_curves
 from cnnkit.data import Split, prepare_data, to_grayscale
 from cnnkit.errors import CheckpointError, RunError
-from cnnkit.evaluate import _shift, classification_report, evaluate, most_confused
-from cnnkit.predict import load_image, predict_images
-from cnnkit.runs import list_runs, read_metrics
+from cnnkit.evaluation.evaluate import _shift, classification_report, evaluate, most_confused
+from cnnkit.evaluation.predict import load_image, predict_images
+from cnnkit.reports.runs import list_runs, read_metrics
 from cnnkit.tasks import TASKS
-from cnnkit.train import fit
+from cnnkit.training.fit import fit
 
 runner = CliRunner()
 
@@ -112,7 +112,7 @@ def test_eval_report_tta_and_confusion_png(trained):
 
 
 def test_tta_without_views_equals_plain_eval(trained):
-    from cnnkit.evaluate import evaluate_checkpoint
+    from cnnkit.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(trained["a"] / "best.pt", tta=True)
     assert report.tta.plain_accuracy == pytest.approx(report.result.accuracy)
@@ -344,10 +344,10 @@ def test_wall_time_adds_resumed_sessions(tmp_path):
 
 def test_curves_plot_the_runs_numbers(trained, tmp_path, monkeypatch):
     """The lines drawn are the metrics.jsonl values, epoch by epoch, in the panel they belong to."""
-    import cnnkit.curves
+    import cnnkit.reports.curves
 
     figures = []
-    monkeypatch.setattr(cnnkit.curves, "save_png", lambda fig, out: figures.append(fig) or Path(out))
+    monkeypatch.setattr(cnnkit.reports.curves, "save_png", lambda fig, out: figures.append(fig) or Path(out))
     write_curves([trained["a"]], tmp_path / "c.png")
     rows = read_metrics(trained["a"] / "metrics.jsonl")
     lines = {(ax.get_title(), line.get_label()): line for ax in figures[0].axes for line in ax.get_lines()
@@ -361,7 +361,7 @@ def test_curves_plot_the_runs_numbers(trained, tmp_path, monkeypatch):
 
 
 def test_tta_logits_are_the_average_of_the_views(trained):
-    from cnnkit.evaluate import _forward, tta_views
+    from cnnkit.evaluation.evaluate import _forward, tta_views
 
     loaded = model_from_checkpoint(trained["a"] / "best.pt", "cpu")
     config, task = loaded.config, loaded.task

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from conftest import make_image_folder, write_long_run_config
 
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.config import load_config
 from cnnkit.errors import RunError
 from cnnkit.fileio import atomic_write, atomic_write_bytes, atomic_write_text
-from cnnkit.train import fit
+from cnnkit.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 120  # generous: this machine is shared and slow to start torch

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.errors import CheckpointError, ConfigError, DataError, Interrupted, RunError
-from cnnkit.evaluate import evaluate_checkpoint
-from cnnkit.train import fit, resume_config
+from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.training.fit import fit, resume_config
 
 runner = CliRunner()
 
@@ -203,7 +203,7 @@ def test_resume_keeps_the_schedule_and_the_epochs(tmp_path, tiny_image_root):
     # best.pt from before the end of its run: resuming from it would overwrite the later epochs.
     payload = load_checkpoint(best)
     if payload["epoch"] == 3:  # make an older best.pt by hand when the last epoch was the best
-        from cnnkit.checkpoint import save_checkpoint
+        from cnnkit.training.checkpoint import save_checkpoint
 
         payload["epoch"] = 2
         save_checkpoint(best, payload)
@@ -213,7 +213,7 @@ def test_resume_keeps_the_schedule_and_the_epochs(tmp_path, tiny_image_root):
 
 def test_init_from_starts_a_fresh_schedule_from_the_weights(tmp_path, tiny_image_root):
     from cnnkit.device import setup_runtime
-    from cnnkit.state import build_state
+    from cnnkit.training.state import build_state
 
     sched = ("schedule.name=onecycle", "schedule.warmup_epochs=1", "train.ema_decay=0.9")
     source = fit(tiny_config(tmp_path, tiny_image_root, *sched, epochs=2), run_name="src")
@@ -258,7 +258,7 @@ def test_resume_refuses_changes_that_would_break_it(tmp_path, tiny_image_root):
 
 
 def test_weight_ema_follows_the_formula():
-    from cnnkit.ema import WeightEMA
+    from cnnkit.training.ema import WeightEMA
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = WeightEMA(model, decay=0.9)
@@ -298,7 +298,7 @@ def test_ema_is_evaluated_saved_and_resumed_bit_identically(tmp_path, tiny_image
 
 def test_window_check_skips_fp16_overflows_and_stops_on_persistent_ones():
     from cnnkit.errors import TrainingError
-    from cnnkit.loop import StopFlag, StopRequested, _check_window
+    from cnnkit.training.loop import StopFlag, StopRequested, _check_window
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     nan = torch.tensor(float("nan"))
@@ -322,12 +322,12 @@ def test_window_check_skips_fp16_overflows_and_stops_on_persistent_ones():
 
 
 def test_final_test_comes_before_the_curves_whose_failure_is_a_warning(tmp_path, tiny_image_root, monkeypatch):
-    import cnnkit.train
+    import cnnkit.training.fit
 
     def broken_plot(*args, **kwargs):
         raise RuntimeError("no display, say")
 
-    monkeypatch.setattr(cnnkit.train, "write_curves", broken_plot)
+    monkeypatch.setattr(cnnkit.training.fit, "write_curves", broken_plot)
     result = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="noplot")
     assert result.test is not None and result.test.n == 100
     assert len(result.warnings) == 1 and "curves.png was not drawn (no display, say)" in result.warnings[0]

@@ -22,7 +22,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Export a model with its normalisation folded in; takes float32 N×C×H×W images in [0, 1]."""
-    from cnnkit.export import export_checkpoint
+    from cnnkit.evaluation.export import export_checkpoint
 
     r = export_checkpoint(checkpoint, fmt, out, data_root=data_root)
     if as_json:

@@ -35,7 +35,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Evaluate a checkpoint on the test set: accuracy, per-class report, confusion matrix (also as confusion.png)."""
-    from cnnkit.evaluate import evaluate_checkpoint
+    from cnnkit.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
                                  tta_mode=tta_mode,
@@ -105,7 +105,7 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Classify your own pictures: `cnnkit predict --checkpoint runs/X/best.pt cat.jpg photos/`."""
-    from cnnkit.predict import predict_images
+    from cnnkit.evaluation.predict import predict_images
 
     report = predict_images(checkpoint, list(images), top_k=top_k, device=device)
     if as_json:
@@ -160,7 +160,7 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Compare runs: one row per run folder (best numbers from metrics.jsonl), sortable."""
-    from cnnkit.runs import list_runs
+    from cnnkit.reports.runs import list_runs
     from cnnkit.tasks import TASKS
 
     runs = list_runs(folder, sort=sort, reverse=reverse)
@@ -193,7 +193,7 @@ def plot_cmd(
                                        "run folder; for several runs, compare-curves.png beside them)."),
 ):
     """Draw training curves (loss, train accuracy, val/test accuracy per epoch) of one or more runs."""
-    from cnnkit.curves import write_curves
+    from cnnkit.reports.curves import write_curves
 
     if out is None:
         out = _default_plot_path(runs)

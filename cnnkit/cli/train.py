@@ -120,7 +120,7 @@ def train_cmd(
     from cnnkit.errors import Interrupted
 
     if nproc > 1:
-        from cnnkit.distributed import launch
+        from cnnkit.training.distributed import launch
 
         raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
 
@@ -135,7 +135,7 @@ def train_cmd(
 
 def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -> None:
     from cnnkit.config import load_config
-    from cnnkit.train import fit, resume_config
+    from cnnkit.training.fit import fit, resume_config
 
     if resume is not None:
         if init_from is not None:
@@ -154,7 +154,7 @@ def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -
     init = [f"train.init_from={init_from}"] if init_from is not None else []
     cfg = load_config(config, [*(set_ or []), *init])
     if cfg.train.init_from is not None:
-        from cnnkit.checkpoint import load_checkpoint
+        from cnnkit.training.checkpoint import load_checkpoint
 
         load_checkpoint(cfg.train.init_from)
     _fetch_data(cfg, data_root)

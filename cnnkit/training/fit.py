@@ -1,7 +1,7 @@
 """`fit`: train a config to the end, writing a run folder; plain functions, as in torchvision's train.py.
 
 `fit` reads as the table of contents of a run: runtime, data, run folder, training state
-(cnnkit.state), the epoch loop (cnnkit.loop) under signal handling, checkpoints, and the final
+(cnnkit.training.state), the epoch loop (cnnkit.training.loop) under signal handling, checkpoints, and the final
 test. Nothing here prints: `fit` hands progress events to a `report` function, and the CLI
 renders them.
 """
@@ -22,21 +22,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit import distributed
+from cnnkit.training import distributed
 from cnnkit.build import input_shape
-from cnnkit.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
-from cnnkit.curves import write_curves
+from cnnkit.reports.curves import write_curves
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import CheckpointError, ConfigError, Interrupted, TrainingError, one_line
-from cnnkit.evaluate import evaluate, tta_views
+from cnnkit.evaluation.evaluate import evaluate, tta_views
 from cnnkit.fileio import atomic_write_text
-from cnnkit.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
-from cnnkit.metrics import EvalResult
-from cnnkit.optim import SCHEDULES_OVER_THE_RUN
-from cnnkit.run_folder import choose_run_dir, write_metrics
-from cnnkit.state import TrainState, build_state
+from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
+from cnnkit.evaluation.metrics import EvalResult
+from cnnkit.optim.registry import SCHEDULES_OVER_THE_RUN
+from cnnkit.training.run_folder import choose_run_dir, write_metrics
+from cnnkit.training.state import TrainState, build_state
 from cnnkit.tasks import Task, task_for
 
 

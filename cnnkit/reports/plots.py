@@ -1,4 +1,4 @@
-"""Pictures of what a model learned: the confusion matrix, the edge toy's maps (curves: cnnkit.curves).
+"""Pictures of what a model learned: the confusion matrix, the edge toy's maps (curves: cnnkit.reports.curves).
 
 matplotlib is imported only inside the functions that draw (it costs about a second, and most
 cnnkit commands never plot). We draw on a bare `matplotlib.figure.Figure` with the Agg canvas

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from cnnkit import distributed
+from cnnkit.training import distributed
 from cnnkit.config import Config
 from cnnkit.errors import RunError
 from cnnkit.fileio import atomic_write_text

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnkit.plots import figure, save_png
-from cnnkit.runs import run_metrics, run_task
+from cnnkit.reports.plots import figure, save_png
+from cnnkit.reports.runs import run_metrics, run_task
 from cnnkit.tasks import TASKS, Panel
 
 

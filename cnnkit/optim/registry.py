@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnnkit.errors import ConfigError
-from cnnkit.muon import Muon
+from cnnkit.optim.muon import Muon
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,

@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit import distributed
-from cnnkit.checkpoint import model_from_checkpoint
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import model_from_checkpoint
 from cnnkit.data import Split, prepare_test, to_device
 from cnnkit.device import Runtime
 from cnnkit.errors import ConfigError, RunError
-from cnnkit.metrics import EvalResult, classification_report, most_confused
+from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
 from cnnkit.tasks import Task
 
-# classification_report and most_confused live in cnnkit.metrics; eval's callers find them here too.
+# classification_report and most_confused live in cnnkit.evaluation.metrics; eval's callers find them here too.
 __all__ = ["CheckpointEval", "TTAResult", "classification_report", "evaluate", "evaluate_checkpoint",
            "most_confused", "TTA_MODES", "tta_views"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.checkpoint import model_from_checkpoint
+from cnnkit.training.checkpoint import model_from_checkpoint
 from cnnkit.data import prepare_test
 from cnnkit.errors import DataError, ExportError, one_line
 from cnnkit.fileio import atomic_write

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnkit import distributed
+from cnnkit.training import distributed
 
 
 @dataclass

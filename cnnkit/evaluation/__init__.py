@@ -1,0 +1,1 @@
+"""Judging a trained model: evaluate (and TTA), metrics, predict on images, export."""

@@ -1,0 +1,1 @@
+"""Optimisers and learning-rate schedules: name → constructor registries (registry.py) and Muon."""

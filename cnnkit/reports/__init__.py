@@ -1,0 +1,1 @@
+"""What a person reads about runs: the runs table, curves.png, and the plotting helpers."""

@@ -1,0 +1,1 @@
+"""Training: fit() runs a config; the step loop, its state, checkpoints, run folders, EMA and DDP."""
