@@ -2,9 +2,14 @@
 
 Everything that differs between classification and the seed's edge toy lives here and nowhere else:
 how a uint8 batch becomes inputs and targets, the loss, the metrics an epoch reports, the number
-best.pt is selected on, the lines `train` and `eval` end with, `eval`'s JSON and picture, and how
-`runs` and `plot` show a run. A model names its task in its registry entry (cnnkit.models), and a
-checkpoint stores that name under "task".
+best.pt is selected on, the lines `train` and `eval` end with, `eval`'s JSON fields and picture, and
+which of a run's numbers `runs` and `plot` show. A model names its task in its registry entry
+(cnnkit.models), and a checkpoint stores that name under "task".
+
+A Task describes; it renders nothing of the rooms above it. Its picture is a `Figure` (what to
+draw, from which numbers) that cnnkit.reports.plots draws, and its `runs` cells name fields of a run
+summary that cnnkit.reports.runs formats; so this module imports nothing from evaluation.evaluate,
+reports or the CLI, not even for annotations.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from torch import nn
 from cnnkit.data.splits import Split
 from cnnkit.data.transforms import normalize
 from cnnkit.errors import CheckpointError
-from cnnkit.evaluation.metrics import AccuracyMeter, EvalResult, SquaredErrorMeter
+from cnnkit.evaluation.metrics import (
+    AccuracyMeter,
+    EvalResult,
+    SquaredErrorMeter,
+    classification_report,
+    most_confused,
+)
 from cnnkit.models import MODELS
 
-if TYPE_CHECKING:  # annotations only
+if TYPE_CHECKING:  # annotations only (cnnkit.config imports no task)
     from cnnkit.config import Config
-    from cnnkit.evaluation.evaluate import CheckpointEval
-    from cnnkit.reports.runs import RunSummary
-
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,22 @@ class Panel:
     mark_best: bool = False  # star the epoch best.pt keeps
 
 
+@dataclass(frozen=True)
+class Figure:
+    """`cnnkit eval`'s picture, described: cnnkit.reports.plots.FIGURES[kind] draws it into `filename`."""
+
+    kind: str  # "confusion" or "edges"
+    filename: str  # written beside the checkpoint
+    title: str
+    data: dict[str, Any]  # what that kind of picture is drawn from (plain lists, numbers, CPU tensors)
+
+
+# A `runs` cell: (the field of cnnkit.reports.runs.RunSummary it shows, how: "percent" or "mse").
+Cell = tuple[str, str]
+
+
 # The edge toy learns this kernel: a horizontal difference, +1 then −1 (seed 000).
 EDGE_KERNEL = torch.tensor([[1.0, -1.0]])
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:.2%}"
 
 
 class Task:
@@ -54,6 +72,8 @@ class Task:
     name: str
     augments: bool  # whether the label-preserving crop/flip augmentation applies to its training batches
     panels: list[Panel]  # `cnnkit plot`: the panels its runs draw
+    # `cnnkit runs`: column title → the cell its runs show there; a column it lacks stays empty.
+    run_cells: dict[str, Cell]
     # What the task cannot do, by feature, as the error's text ({path}, {model}, {task} are filled in).
     refusals: dict[str, str] = {}
 
@@ -103,17 +123,13 @@ class Task:
         """`cnnkit eval`'s last line."""
         raise NotImplementedError
 
-    def eval_dict(self, report: CheckpointEval) -> dict[str, Any]:
-        """`cnnkit eval --json`, without the plots entry."""
+    def eval_fields(self, result: EvalResult, classes: list[str], kernel: list[list[float]] | None) -> dict[str, Any]:
+        """`cnnkit eval --json`'s task fields (the TTA and plots entries are added by the caller)."""
         raise NotImplementedError
 
-    def run_cells(self, run: RunSummary) -> list[str]:
-        """`cnnkit runs`: the best val, test @best, best test and final test cells."""
-        raise NotImplementedError
-
-    def draw(self, report: CheckpointEval, model: nn.Module, test: Split, mean: list[float], std: list[float],
-             folder: Path) -> Path:
-        """`cnnkit eval`'s picture of the result, written into `folder`."""
+    def figure(self, result: EvalResult, classes: list[str], kernel: list[list[float]] | None, title: str,
+               model: nn.Module, test: Split, mean: list[float], std: list[float]) -> Figure:
+        """`cnnkit eval`'s picture of the result, described (title: which checkpoint it is)."""
         raise NotImplementedError
 
     def learned_kernel(self, model: nn.Module) -> list[list[float]] | None:
@@ -142,6 +158,8 @@ class Classification(Task):
         Panel("validation / test accuracy", [("val_acc", "val", "-"), ("test_acc", "test", "--")], "percent",
               mark_best=True),
     ]
+    run_cells = {"best val": ("best_val", "percent"), "test @best": ("test_at_best", "percent"),
+                 "best test": ("best_test", "percent"), "final test": ("final_test", "percent")}
 
     def inputs(self, images, mean, std, memory_format=torch.contiguous_format):
         return normalize(images, mean, std, memory_format=memory_format)  # (B, C, H, W) float32
@@ -176,31 +194,20 @@ class Classification(Task):
     def eval_line(self, result):
         return accuracy_line(result, timed=True)
 
-    def eval_dict(self, report):
-        r = report.result
-        data = {
-            "accuracy": r.accuracy, "loss": r.loss, "n": r.n,
-            "per_class": dict(zip(report.classes, r.per_class, strict=True)),
-            "confusion": r.confusion.tolist(),
+    def eval_fields(self, result, classes, kernel):
+        return {
+            "accuracy": result.accuracy, "loss": result.loss, "n": result.n,
+            "per_class": dict(zip(classes, result.per_class, strict=True)),
+            "confusion": result.confusion.tolist(),
             # Added in issue 6; the keys above keep their meaning.
-            "report": report.report,
-            "most_confused": report.most_confused(),
+            "report": classification_report(result.confusion, classes),
+            "most_confused": most_confused(result.confusion, classes, 5),
         }
-        if report.tta is not None:
-            data["tta_accuracy"] = report.tta.accuracy
-            data["tta_loss"] = report.tta.loss
-            data["tta_views"] = report.tta.views
-        return data
 
-    def run_cells(self, run):
-        return [_pct(run.best_val), _pct(run.test_at_best), _pct(run.best_test), _pct(run.final_test)]
-
-    def draw(self, report, model, test, mean, std, folder):
-        from cnnkit.reports import plots
-
-        r = report.result
-        return plots.write_confusion(r.confusion, report.classes, folder / "confusion.png",
-                                     title=f"{report.title}: test accuracy {r.accuracy:.2%} on {r.n:,} images")
+    def figure(self, result, classes, kernel, title, model, test, mean, std):
+        return Figure("confusion", "confusion.png",
+                      f"{title}: test accuracy {result.accuracy:.2%} on {result.n:,} images",
+                      {"confusion": result.confusion, "classes": list(classes)})
 
 
 class EdgeMap(Task):
@@ -215,6 +222,8 @@ class EdgeMap(Task):
         Panel("edge toy: train loss (squared error per picture)", [("train_loss", "train", "-")], "log"),
         Panel("edge toy: MSE per pixel", [("val_mse", "val", "-"), ("test_mse", "test", "--")], "log"),
     ]
+    # No accuracy: the val and final test columns show the MSE instead.
+    run_cells = {"best val": ("best_val_mse", "mse"), "final test": ("final_test_mse", "mse")}
     refusals = {
         "predict": "{path}: a {model} checkpoint ({task} task) does not classify; predict needs a classifier such "
                    "as lenet — use `cnnkit eval` for this one",
@@ -260,20 +269,13 @@ class EdgeMap(Task):
     def eval_line(self, result):
         return f"MSE: {result.mse:.4g} over {result.n} image(s)"
 
-    def eval_dict(self, report):
-        return {"kernel": report.kernel, "mse": report.result.mse, "n": report.result.n}
+    def eval_fields(self, result, classes, kernel):
+        return {"kernel": kernel, "mse": result.mse, "n": result.n}
 
-    def run_cells(self, run):
-        # No accuracy: the test columns show the MSE instead.
-        val = f"mse {run.best_val_mse:.2g}" if run.best_val_mse is not None else ""
-        return [val, "", "", f"mse {run.final_test_mse:.2g}" if run.final_test_mse is not None else ""]
-
-    def draw(self, report, model, test, mean, std, folder):
-        from cnnkit.reports import plots
-
+    def figure(self, result, classes, kernel, title, model, test, mean, std):
         image, target, output = self.example(model, test, mean, std)
-        return plots.write_edges(image, target, output, report.kernel, folder / "edges.png",
-                                 title=f"{report.title}: MSE {report.result.mse:.3g}")  # stripes: its training picture
+        return Figure("edges", "edges.png", f"{title}: MSE {result.mse:.3g}",  # stripes: its training picture
+                      {"image": image, "target": target, "output": output, "kernel": kernel})
 
     @torch.inference_mode()
     def example(self, model: nn.Module, test: Split, mean: list[float], std: list[float]):

@@ -1,11 +1,14 @@
-"""The import graph of cnnkit/ has no cycles, and every entry point lists every command.
+"""The import graph of cnnkit/ has no cycles, the layout keeps its floor plan, and every entry point
+lists every command.
 
 Edges come from the AST of every module under cnnkit/: each `import cnnkit.x` and
 `from cnnkit.x import y` anywhere in the file, at module level or inside a function. Lazy imports
 count too: a cycle that only works because one side imports late is still a cycle a reader has
 to untangle, and one refactor away from an ImportError. Imports under `if TYPE_CHECKING:` do not
-count: they never run, so they cannot leave a module half-initialised; they only name a type for
-an annotation.
+count as cycles: they never run, so they cannot leave a module half-initialised; they only name a
+type for an annotation. But a TYPE_CHECKING import of a module that imports the importer back is
+refused on its own (test_no_type_checking_back_references): it is a lower room naming a higher
+one's types, i.e. rendering what it should only describe.
 
 An edge goes to the module named (`from cnnkit.data import cache` names the module
 cnnkit.data.cache; `from cnnkit.data import Split` names the package cnnkit.data). Importing a
@@ -35,28 +38,46 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def import_edges(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
-    """The cnnkit modules that the module `name` (with text `source`) imports."""
+    """The cnnkit modules that the module `name` (with text `source`) imports when it runs."""
     edges = set()
     for node in _runtime_nodes(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against this module's package
-                package = name if is_package else name.rpartition(".")[0]
-                for _ in range(node.level - 1):
-                    package = package.rpartition(".")[0]
-                base = f"{package}.{base}" if base else package
-            # `from a import b` imports the module a.b when there is one, else a name from a.
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            # `import cnnkit.a.b` names cnnkit.a.b; keep the longest prefix that is one of ours.
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                edges.add(target)
+        edges |= _imported(node, name, is_package, modules)
+    return edges
+
+
+def type_checking_edges(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The cnnkit modules that `name` imports only for annotations, under `if TYPE_CHECKING:`."""
+    edges = set()
+    for block in ast.walk(ast.parse(source)):
+        if isinstance(block, ast.If) and _is_type_checking(block.test):
+            for statement in block.body:
+                for node in ast.walk(statement):
+                    edges |= _imported(node, name, is_package, modules)
+    return edges
+
+
+def _imported(node: ast.AST, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The cnnkit modules one import statement names (none for any other node)."""
+    if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative: resolve against this module's package
+            package = name if is_package else name.rpartition(".")[0]
+            for _ in range(node.level - 1):
+                package = package.rpartition(".")[0]
+            base = f"{package}.{base}" if base else package
+        # `from a import b` imports the module a.b when there is one, else a name from a.
+        targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+    else:
+        return set()
+    edges = set()
+    for target in targets:
+        # `import cnnkit.a.b` names cnnkit.a.b; keep the longest prefix that is one of ours.
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            edges.add(target)
     return edges
 
 
@@ -78,12 +99,43 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """Module name → the modules it imports, for every .py file under `root` (a package folder)."""
+def import_graph(root: Path, edges=import_edges) -> dict[str, set[str]]:
+    """Module name → the modules it imports (`edges`: at run time, or type_checking_edges), for every
+    .py file under `root` (a package folder)."""
     files = {module_name(p, root.parent): p for p in sorted(root.rglob("*.py"))}
     modules = set(files)
-    return {name: import_edges(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
+    return {name: edges(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
             for name, path in files.items()}
+
+
+def reaches(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """A path of imports start → ... → goal in `graph`, or None."""
+    came_from: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            path = [node]
+            while (node := came_from[node]) is not None:
+                path.append(node)
+            return path[::-1]
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in came_from:
+                came_from[nxt] = node
+                todo.append(nxt)
+    return None
+
+
+def back_references(root: Path) -> list[str]:
+    """Each `if TYPE_CHECKING:` import of a module that imports the importer back (at run time, maybe
+    through others), as 'a ⇢ b → ... → a'. Such an annotation names a room above its own."""
+    runtime = import_graph(root)
+    found = []
+    for name, targets in import_graph(root, type_checking_edges).items():
+        for target in sorted(targets):
+            if (path := reaches(runtime, target, name)) is not None:
+                found.append(f"{name} ⇢ " + " → ".join(path))
+    return found
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -144,6 +196,33 @@ def test_cnnkit_has_no_import_cycles():
     assert "cnnkit.cli.app" in graph and graph["cnnkit.cli.app"] <= {"cnnkit", "cnnkit.errors"}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_back_references_detector(tmp_path: Path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import H\n"
+                                "    from pkg.side import S\n")
+    (pkg / "mid.py").write_text("import pkg.low\n")
+    (pkg / "high.py").write_text("def f():\n    from pkg import mid  # lazy counts\n")
+    (pkg / "side.py").write_text("x = 1\n")
+    assert import_graph(pkg, type_checking_edges)["pkg.low"] == {"pkg.high", "pkg.side"}
+    # low names high for an annotation, and high imports low (through mid): a back-reference. side is fine.
+    assert back_references(pkg) == ["pkg.low ⇢ pkg.high → pkg.mid → pkg.low"]
+
+
+def test_no_type_checking_back_references():
+    """A module that only names a higher room's type under TYPE_CHECKING still depends on that room:
+    the lower room should describe (data), and the command or the report module render."""
+    found = back_references(PACKAGE)
+    assert not found, "TYPE_CHECKING import of a module that imports the importer: " + "; ".join(found)
+
+
+def test_at_most_eight_loose_modules():
+    """`ls cnnkit/*.py`: the modules every room uses, and nothing else; a new module goes in a package."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(loose) <= 8, f"{len(loose)} modules at the top of cnnkit/: {', '.join(loose)}"
 
 
 def test_evaluation_does_not_import_training():

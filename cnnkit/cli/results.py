@@ -160,8 +160,7 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Compare runs: one row per run folder (best numbers from metrics.jsonl), sortable."""
-    from cnnkit.reports.runs import list_runs
-    from cnnkit.tasks import TASKS
+    from cnnkit.reports.runs import SCORE_COLUMNS, list_runs, score_cells
 
     runs = list_runs(folder, sort=sort, reverse=reverse)
     if as_json:
@@ -170,15 +169,15 @@ def runs_cmd(
         print(f"no run folders in {folder} (a run folder holds config.yaml and metrics.jsonl)")
         return
     table = Table(title=f"runs in {folder}")
-    columns = [("name", "left"), ("model", "left"), ("epochs", "right"), ("best val", "right"),
-               ("test @best", "right"), ("best test", "right"), ("final test", "right"), ("wall", "right"),
-               ("img/s", "right"), ("date", "left")]
+    columns = [("name", "left"), ("model", "left"), ("epochs", "right"),
+               *[(column, "right") for column in SCORE_COLUMNS], ("wall", "right"), ("img/s", "right"),
+               ("date", "left")]
     for col, justify in columns:
         table.add_column(col, justify=justify)
     for r in runs:
         epochs = str(r.epochs) if r.complete else f"{r.epochs}/{r.planned_epochs or '?'} (incomplete)"
         # The task decides what the val and test columns show (the edge toy: MSE, not accuracy).
-        scores = TASKS[r.task].run_cells(r) if r.task in TASKS else ["", "", "", ""]
+        scores = score_cells(r)
         speed = f"{r.images_per_s:,.0f}" if r.images_per_s is not None else ""
         table.add_row(r.name, r.model or "?", epochs, *scores, _duration(r.wall_s), speed, r.date or "")
     console.print(table)

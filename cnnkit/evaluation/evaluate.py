@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.training import distributed
-from cnnkit.training.checkpoint import model_from_checkpoint
 from cnnkit.data import Split, prepare_test, to_device
 from cnnkit.device import Runtime
 from cnnkit.errors import ConfigError, RunError
 from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
+from cnnkit.reports.plots import draw_figure
 from cnnkit.tasks import Task
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import model_from_checkpoint
 
 # classification_report and most_confused live in cnnkit.evaluation.metrics; eval's callers find them here too.
 __all__ = ["CheckpointEval", "TTAResult", "classification_report", "evaluate", "evaluate_checkpoint",
@@ -157,7 +158,9 @@ class CheckpointEval:
         return f"{self.model}, {self.checkpoint.name} (epoch {self.epoch})"
 
     def to_dict(self) -> dict:
-        data = self.task.eval_dict(self)
+        data = self.task.eval_fields(self.result, self.classes, self.kernel)
+        if self.tta is not None:
+            data.update(tta_accuracy=self.tta.accuracy, tta_loss=self.tta.loss, tta_views=self.tta.views)
         if self.plots:
             data["plots"] = [str(p) for p in self.plots]
         return data
@@ -198,7 +201,9 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
         report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy)
     if plots_dir is not None:
         try:
-            report.plots.append(task.draw(report, loaded.model, test, prepared.mean, prepared.std, Path(plots_dir)))
+            figure = task.figure(result, classes, report.kernel, report.title, loaded.model, test, prepared.mean,
+                                 prepared.std)
+            report.plots.append(draw_figure(figure, Path(plots_dir)))
         except RunError as exc:
             report.warnings.append(f"{exc}; the numbers above are unaffected")
     return report

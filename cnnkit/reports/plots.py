@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnkit.fileio import atomic_write
+from cnnkit.tasks import Figure
 
 DPI = 100
 
@@ -116,3 +117,18 @@ def write_edges(image, target, output, kernel, out_path: str | Path, title: str 
     ax.set_yticks(range(kernel.shape[0]))
     fig.suptitle(title or "edge detector", fontsize=12)
     return save_png(fig, out_path)
+
+
+# ---------------------------------------------------------------------------------------- a task's picture
+
+# Figure.kind → how to draw it (cnnkit.tasks describes each task's picture as a Figure).
+FIGURES = {
+    "confusion": lambda fig, path: write_confusion(fig.data["confusion"], fig.data["classes"], path, fig.title),
+    "edges": lambda fig, path: write_edges(fig.data["image"], fig.data["target"], fig.data["output"],
+                                           fig.data["kernel"], path, fig.title),
+}
+
+
+def draw_figure(figure: Figure, folder: str | Path) -> Path:
+    """Draw a task's `Figure` into `folder` (as figure.filename); the path written."""
+    return FIGURES[figure.kind](figure, Path(folder) / figure.filename)

@@ -159,6 +159,22 @@ def summarize_run(folder: Path) -> RunSummary | None:
     )
 
 
+# `cnnkit runs`'s score columns; each task fills those its runs have (cnnkit.tasks: Task.run_cells).
+SCORE_COLUMNS = ("best val", "test @best", "best test", "final test")
+_CELL_FORMATS = {"percent": lambda v: f"{v:.2%}", "mse": lambda v: f"mse {v:.2g}"}
+
+
+def score_cells(run: RunSummary) -> list[str]:
+    """The run's SCORE_COLUMNS cells as text, as its task describes them; empty where it has no number."""
+    cells = TASKS[run.task].run_cells if run.task in TASKS else {}
+    out = []
+    for column in SCORE_COLUMNS:
+        field, how = cells.get(column, (None, None))
+        value = getattr(run, field) if field else None
+        out.append(_CELL_FORMATS[how](value) if value is not None else "")
+    return out
+
+
 def list_runs(root: str | Path = "runs", sort: str = "date", reverse: bool = False) -> list[RunSummary]:
     """Every run folder under `root` (or `root` itself when it is one), sorted by `sort`."""
     root = Path(root)
