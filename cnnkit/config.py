@@ -316,12 +316,27 @@ def _schema_at(loc: tuple) -> type[BaseModel] | None:
 
 def config_from_dict(raw: dict, source: str = "config", overridden: dict | None = None) -> Config:
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
         first = _format_error(errors[0], source, overridden or {})
         more = f" (+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
+    _check_model_kwargs(config, source, overridden or {})
+    return config
+
+
+def _check_model_kwargs(config: Config, source: str, overridden: dict[tuple, str]) -> None:
+    """model.kwargs against the model's constructor (cnnkit.models.check_kwargs), now rather than after
+    the data has loaded; the error names the --set or the file the value came from."""
+    from cnnkit.models import kwargs_problem
+
+    problem = kwargs_problem(config.model.name, config.model.kwargs)
+    if problem is not None:
+        key, message = problem  # key: e.g. model.kwargs.widths
+        by_key = {".".join(k): o for k, o in overridden.items()}
+        where = next((by_key[k] for k in (key, "model.kwargs", "model", "model.name") if k in by_key), source)
+        raise ConfigError(f"{where}: {message}")
 
 
 def read_yaml(path: str | Path) -> dict:

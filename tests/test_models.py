@@ -162,3 +162,103 @@ def test_size_arguments_are_passed_only_where_accepted():
     # The edge model takes no num_classes / input_size; build_model must not pass them on.
     model = build_model("edge", in_channels=2, num_classes=99, input_size=(3, 3))
     assert model.conv.in_channels == 2
+
+
+# ------------------------------------------------------------------------------------- model.kwargs checked
+
+# The issue's bad settings: wrong length, wrong type, text for a number. For a model that has the key
+# it is a type error; for one that has not, an unknown key. Either way one line, exit 2.
+BAD_SETTINGS = ["widths=[32,64]", "widths=abc", "bn_momentum=abc", "backend=3", "whiten_kernel=2.5",
+                "widths=[true,64,64]"]
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("setting", BAD_SETTINGS)
+@pytest.mark.parametrize("command", ["config", "shapes"])
+def test_a_bad_model_setting_is_one_line_for_every_model(name, setting, command):
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import _state, app
+    from cnnkit.models import model_settings
+
+    _state["debug"] = False
+    key, _, raw = setting.partition("=")
+    args = (["config", "show", "--set", f"model.name={name}"] if command == "config" else ["shapes", "--model", name])
+    line = _one_error_line(CliRunner().invoke(app, [*args, "--set", f"model.kwargs.{setting}"]))
+    assert f"--set model.kwargs.{setting}" in line  # names where the value came from
+    if key in model_settings(name):
+        assert f"model.kwargs.{key}:" in line and "takes" in line and "got" in line, line
+    else:
+        assert "not accepted" in line and key in line and name in line, line
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_setting_has_an_annotation_and_rejects_a_wrong_type(name):
+    """Each kwarg of each registered model is checkable: annotated, and a value of no type it takes is refused."""
+    from typing import Any
+
+    from cnnkit.models import check_kwargs, model_settings
+
+    for key, (annotation, default) in model_settings(name).items():
+        assert annotation is not Any, f"{name}: model.kwargs.{key} has no annotation, so it cannot be checked"
+        check_kwargs(name, {key: list(default) if isinstance(default, tuple) else default})  # the default fits
+        with pytest.raises(ConfigError) as info:
+            build_model(name, **{key: {"not": "a setting"}})
+        message = str(info.value)
+        assert "\n" not in message and f"model.kwargs.{key}" in message and "{'not': 'a setting'}" in message
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("widths=[0,64,64]", ["model.kwargs.widths", "positive", "[0, 64, 64]"]),
+    ("bn_momentum=3", ["model.kwargs.bn_momentum", "[0, 1]", "got 3"]),
+    ("whiten_kernel=0", ["model.kwargs.whiten_kernel", "got 0"]),
+])
+def test_a_setting_out_of_range_is_one_line(setting, words):
+    """The constructor's own ValueError becomes a ConfigError naming the key (cnnkit shapes builds the model)."""
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import _state, app
+
+    _state["debug"] = False
+    line = _one_error_line(CliRunner().invoke(app, ["shapes", "--model", "fast", "--set", f"model.kwargs.{setting}"]))
+    for word in words:
+        assert word in line, line
+
+
+def test_train_with_a_bad_model_setting_is_one_line_before_any_data(tmp_path):
+    """The issue's command: fast.yaml with two widths. The config is refused before data is looked for
+    (no data root exists here, and the download URL is a closed port)."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import _state, app
+
+    _state["debug"] = False
+    config = Path(__file__).resolve().parents[1] / "configs" / "fast.yaml"
+    line = _one_error_line(CliRunner().invoke(app, [
+        "train", "--config", str(config), "--data-root", str(tmp_path / "nothing"),
+        "--set", "model.kwargs.widths=[32,64]"]))
+    assert line == ("error: --set model.kwargs.widths=[32,64]: model.kwargs.widths: got [32, 64]; model 'fast' "
+                    "takes a list of 3 integers there (default [64, 256, 256])")
+
+
+def test_cnnkit_models_lists_each_setting_with_its_default_and_type():
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import app
+
+    rows = {row["name"]: row for row in json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)}
+    assert rows["fast"]["kwargs"]["widths"] == {"default": "[64, 256, 256]", "takes": "a list of 3 integers"}
+    assert rows["edge"]["kwargs"]["backend"] == {"default": "'torch'", "takes": "one of 'torch', 'scratch'"}
+    assert rows["lenet"]["kwargs"] == {}

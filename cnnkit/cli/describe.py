@@ -29,20 +29,22 @@ def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = 
 @_guard
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """List the registered models with their parameter counts (CIFAR-10 input sizes)."""
-    from cnnkit.models import MODELS, build_model, count_params
+    from cnnkit.models import MODELS, build_model, count_params, describe_settings
 
     rows = []
     for name, entry in MODELS.items():
         rows.append({"name": name, "task": entry.task,
                      "params": count_params(build_model(name, in_channels=entry.channels)),
-                     "summary": entry.summary})
+                     "summary": entry.summary, "kwargs": describe_settings(name)})
     if as_json:
         return _print_json(rows)
     table = Table(title="cnnkit models")
-    for col, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("summary", "left")):
+    for col, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("summary", "left"),
+                         ("model.kwargs (default: what it takes)", "left")):
         table.add_column(col, justify=justify)
     for row in rows:
-        table.add_row(row["name"], row["task"], f"{row['params']:,}", row["summary"])
+        kwargs = "\n".join(f"{k}={v['default']}: {v['takes']}" for k, v in row["kwargs"].items())
+        table.add_row(row["name"], row["task"], f"{row['params']:,}", row["summary"], kwargs)
     console.print(table)
 
 
@@ -126,18 +128,23 @@ def shapes_model(
         return
     from cnnkit.build import input_shape, model_from_config
     from cnnkit.config import config_from_dict, load_config
+    from cnnkit.errors import ConfigError
     from cnnkit.shapes import parse_input_shape, trace_model
 
-    cfg = load_config(config, set_ or [])
-    # --model and --input replace model.name / model.in_channels / model.input_size.
-    chosen = cfg.to_dict()
-    if model is not None:
-        chosen["model"]["name"] = model
+    # --model replaces model.name (before model.kwargs are checked: they are the new model's), and
+    # --input model.in_channels / model.input_size.
+    by_model = [f"model.name={model}"] if model is not None else []
+    try:
+        cfg = load_config(config, [*(set_ or []), *by_model])
+    except ConfigError as exc:
+        if not by_model:
+            raise
+        raise ConfigError(str(exc).replace(f"--set {by_model[0]}:", f"--model {model}:")) from None  # as typed
     if input_ is not None:
+        chosen = cfg.to_dict()
         c, h, w = parse_input_shape(input_)
         chosen["model"]["in_channels"], chosen["model"]["input_size"] = c, [h, w]
-    if model is not None or input_ is not None:
-        cfg = config_from_dict(chosen, "--model" if input_ is None else "--model/--input")
+        cfg = config_from_dict(chosen, "--input")
     shape = input_shape(cfg)
     report = trace_model(model_from_config(cfg), shape).at_depth(depth)
     if as_json:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from cnnkit import ops
-from cnnkit.errors import ConfigError
 from cnnkit.shapes import SHAPE_RULES, conv_row
 
 
@@ -34,12 +35,12 @@ SHAPE_RULES[Corr2d] = lambda name, m, shape, rf, jump: conv_row(
 class EdgeDetector(nn.Module):
     """Seed 000's toy: one 1×2 kernel, no bias, learned so that conv(X) = corr2d(X, [[1, −1]])."""
 
-    def __init__(self, in_channels: int = 1, backend: str = "torch"):
+    def __init__(self, in_channels: int = 1, backend: Literal["torch", "scratch"] = "torch"):
         super().__init__()
         layers = {"torch": lambda: nn.Conv2d(in_channels, 1, kernel_size=(1, 2), bias=False),
                   "scratch": lambda: Corr2d(in_channels, 1, kernel_size=(1, 2), bias=False)}
         if backend not in layers:
-            raise ConfigError(f"model.kwargs.backend: unknown backend {backend!r}; choose one of: {', '.join(layers)}")
+            raise ValueError(f"backend: unknown backend {backend!r}; choose one of: {', '.join(layers)}")
         self.conv = layers[backend]()
 
     def forward(self, x):  # (B, C, H, W)

@@ -78,11 +78,15 @@ SHAPE_RULES[Scale] = SHAPE_RULES[nn.Identity]  # same shape out as in
 
 class FastNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: Pair = (32, 32),
-                 widths: tuple[int, int, int] | list[int] = (64, 256, 256), whiten_kernel: int = 2,
-                 bn_momentum: float = 0.6):
+                 widths: tuple[int, int, int] = (64, 256, 256), whiten_kernel: int = 2, bn_momentum: float = 0.6):
         super().__init__()
+        # Range checks, as "key: what it needs, got X" (the registry makes them one ConfigError line).
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"widths: need three positive channel counts, got {list(widths)}")
+        if whiten_kernel < 1:
+            raise ValueError(f"whiten_kernel: need a kernel of at least 1 pixel, got {whiten_kernel}")
+        if not 0 <= bn_momentum <= 1:
+            raise ValueError(f"bn_momentum: the weight of the old running statistics, in [0, 1], got {bn_momentum}")
         hw = conv2d_hw(tuple(input_size), whiten_kernel)
         for _ in range(3):
             hw = pool2d_hw(hw, 2)
