@@ -158,8 +158,8 @@ class Classification(Task):
         Panel("validation / test accuracy", [("val_acc", "val", "-"), ("test_acc", "test", "--")], "percent",
               mark_best=True),
     ]
-    run_cells = {"best val": ("best_val", "percent"), "test @best": ("test_at_best", "percent"),
-                 "best test": ("best_test", "percent"), "final test": ("final_test", "percent")}
+    run_cells = {"best val": ("best_val", "percent"), "test": ("test_at_best", "percent"),
+                 "TTA": ("tta_test", "percent"), "best test": ("best_test", "percent")}
 
     def inputs(self, images, mean, std, memory_format=torch.contiguous_format):
         return normalize(images, mean, std, memory_format=memory_format)  # (B, C, H, W) float32
@@ -222,8 +222,8 @@ class EdgeMap(Task):
         Panel("edge toy: train loss (squared error per picture)", [("train_loss", "train", "-")], "log"),
         Panel("edge toy: MSE per pixel", [("val_mse", "val", "-"), ("test_mse", "test", "--")], "log"),
     ]
-    # No accuracy: the val and final test columns show the MSE instead.
-    run_cells = {"best val": ("best_val_mse", "mse"), "final test": ("final_test_mse", "mse")}
+    # No accuracy: the val and test columns show the MSE instead.
+    run_cells = {"best val": ("best_val_mse", "mse"), "test": ("final_test_mse", "mse")}
     refusals = {
         "predict": "{path}: a {model} checkpoint ({task} task) does not classify; predict needs a classifier such "
                    "as lenet — use `cnnkit eval` for this one",

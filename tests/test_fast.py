@@ -225,3 +225,39 @@ def test_flip_translate_tta_is_airbench_weighted_average():
     # Equal weights would be a different number: the test can tell the schemes apart.
     unweighted = (2 * mirror(images) + 2 * mirror(padded[:, :, 0:32, 0:32]) + 2 * mirror(padded[:, :, 2:34, 2:34])) / 6
     assert abs(torch.nn.functional.cross_entropy(unweighted, labels).item() - loss) > 1e-3 * loss
+
+
+def test_eval_tta_and_runs_report_the_runs_own_numbers(tmp_path, tiny_image_root):
+    """One number per question: a bf16 run with train.tta flip_translate records its final report
+    (best.pt in fp32, and with TTA) in metrics.jsonl; `cnnkit eval --tta` reproduces both figures,
+    with the run's own TTA mode; `cnnkit runs` shows the same two."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import app
+    from cnnkit.evaluation.evaluate import evaluate_checkpoint
+    from cnnkit.reports.runs import list_runs, read_metrics
+    from cnnkit.training.fit import fit
+
+    result = fit(_fast_config(tmp_path, tiny_image_root, "train.precision=bf16", epochs=2), run_name="fast")
+    final = read_metrics(result.run_dir / "metrics.jsonl")[-1]["final"]
+    assert final["tta_mode"] == "flip_translate" and final["epoch"] == result.best_epoch
+    assert final["test_acc"] == result.test.accuracy and final["tta_acc"] == result.tta.accuracy
+
+    report = evaluate_checkpoint(result.run_dir / "best.pt", tta=True)  # no mode named: the run's own
+    assert report.tta.mode == "flip_translate" and report.tta.views == result.tta_views
+    assert report.tta.accuracy == final["tta_acc"] and report.tta.loss == pytest.approx(final["tta_loss"])
+    assert report.result.accuracy == final["test_acc"]
+    # --tta-mode still picks another.
+    assert evaluate_checkpoint(result.run_dir / "best.pt", tta_mode="flip").tta.views == ["original", "flip"]
+
+    (run,) = list_runs(tmp_path / "runs")
+    assert run.final_test == run.test_at_best == final["test_acc"] and run.tta_test == final["tta_acc"]
+    out = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
+    assert out.exit_code == 0, out.output
+    row = next(line for line in out.stdout.splitlines() if "fast" in line and "%" in line)
+    assert f"{final['test_acc']:.2%}" in row and f"{final['tta_acc']:.2%}" in row
+    data = json.loads(CliRunner().invoke(app, ["eval", "--checkpoint", str(result.run_dir / "best.pt"), "--tta",
+                                               "--no-plots", "--json"]).stdout)
+    assert data["tta_mode"] == "flip_translate" and data["tta_accuracy"] == final["tta_acc"]

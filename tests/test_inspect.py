@@ -310,7 +310,9 @@ def test_runs_table_sort_and_json(trained, tmp_path):
     assert a["model"] == "lenet" and a["epochs"] == 2 and a["complete"] and b["epochs"] == 1
     history = read_metrics(trained["a"] / "metrics.jsonl")
     assert a["best_val"] == max(r["val_acc"] for r in history)
-    assert a["final_test"] == history[-1]["test_acc"]
+    # The run's final test figure is its final report (best.pt, fp32), recorded in the last row.
+    assert a["final_test"] == a["test_at_best"] == history[-1]["final"]["test_acc"]
+    assert a["tta_test"] is None  # train.tta: none
     assert a["wall_s"] == pytest.approx(history[-1]["elapsed_s"])
     assert a["images_per_s"] == pytest.approx(np.mean([r["images_per_s"] for r in history]))
     assert a["date"] and len(a["date"]) == len("2024-01-01 12:00")

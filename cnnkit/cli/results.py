@@ -25,7 +25,8 @@ def eval_cmd(
                                             help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta",
-                             help="Also report accuracy with logits averaged over the image and its mirror."),
+                             help="Also report accuracy with test-time augmentation, as the run did (its "
+                                  "train.tta; the image and its mirror when it had none)."),
     tta_shift: bool = typer.Option(False, "--tta-shift",
                                    help="TTA with ±1-pixel shifts too (10 views; implies --tta)."),
     tta_mode: Optional[str] = typer.Option(None, "--tta-mode",
@@ -52,9 +53,9 @@ def eval_cmd(
         _render_classes(report)
     if report.tta is not None:
         t = report.tta
-        what = "the image, its mirror and their ±1-pixel shifts" if len(t.views) > 2 else "the image and its mirror"
-        print(f"TTA, logits averaged over {what} ({len(t.views)} views): accuracy {t.accuracy:.4f} "
-              f"vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), loss {t.loss:.4f}")
+        print(f"TTA {t.mode}, logits averaged over {len(t.views)} views ({', '.join(t.views)}): accuracy "
+              f"{t.accuracy:.4f} vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), "
+              f"loss {t.loss:.4f}")
     for path in report.plots:
         print(f"wrote {path}")
     # This line's format is relied on (tests, users' scripts): keep it, and keep it last.
@@ -154,8 +155,8 @@ def _duration(seconds: Optional[float]) -> str:
 @_guard
 def runs_cmd(
     folder: Path = typer.Argument(Path("runs"), help="The folder that holds run folders (output.dir)."),
-    sort: str = typer.Option("date", "--sort", help="Column: name, model, epochs, best_val, test_at_best, "
-                             "best_test, final_test, wall_s, images_per_s or date."),
+    sort: str = typer.Option("date", "--sort", help="Column: name, model, epochs, best_val, test_at_best (test), "
+                             "best_test, final_test, tta_test (tta), wall_s, images_per_s or date."),
     reverse: bool = typer.Option(False, "--reverse", "-r", help="Reverse the order."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):

@@ -129,6 +129,7 @@ class TTAResult:
     accuracy: float  # argmax of the logits averaged over the views
     loss: float  # cross-entropy of the averaged logits
     plain_accuracy: float  # the original view alone (equals the eval accuracy)
+    mode: str = "flip"  # the TTA_MODES name
 
 
 @dataclass
@@ -160,7 +161,8 @@ class CheckpointEval:
     def to_dict(self) -> dict:
         data = self.task.eval_fields(self.result, self.classes, self.kernel)
         if self.tta is not None:
-            data.update(tta_accuracy=self.tta.accuracy, tta_loss=self.tta.loss, tta_views=self.tta.views)
+            data.update(tta_accuracy=self.tta.accuracy, tta_loss=self.tta.loss, tta_views=self.tta.views,
+                        tta_mode=self.tta.mode)
         if self.plots:
             data["plots"] = [str(p) for p in self.plots]
         return data
@@ -171,15 +173,18 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
                         tta_mode: str | None = None, plots_dir: str | Path | None = None) -> CheckpointEval:
     """Evaluate a checkpoint on its test set; with `plots_dir`, also draw confusion.png / edges.png there.
 
-    `tta_shift` implies `tta` (mode flip_shift; `tta` alone is mode flip); `tta_mode` names any
-    mode of TTA_MODES. A picture that cannot be written is a warning, not a failure: the
-    numbers are what the user asked for.
+    `tta` alone uses the run's own TTA mode (its train.tta, or flip when it had none), so that eval
+    reproduces the TTA figure the run printed; `tta_shift` is mode flip_shift and `tta_mode` names
+    any mode of TTA_MODES (either implies `tta`). A picture that cannot be written is a warning, not
+    a failure: the numbers are what the user asked for.
     """
-    tta_mode = tta_mode or ("flip_shift" if tta_shift else "flip" if tta else None)
+    tta_mode = tta_mode or ("flip_shift" if tta_shift else None)
     if tta_mode is not None and tta_mode not in TTA_MODES:
         raise ConfigError(f"--tta-mode {tta_mode}: unknown; choose one of: {', '.join(TTA_MODES)}")
-    loaded = model_from_checkpoint(path, device, refuse=("tta",) if tta_mode else ())
+    loaded = model_from_checkpoint(path, device, refuse=("tta",) if tta_mode or tta else ())
     config, task, runtime = loaded.config, loaded.task, loaded.runtime
+    if tta and tta_mode is None:
+        tta_mode = config.train.tta if config.train.tta != "none" else "flip"
     # The test split alone, with the mean/std the run resolved (saved in its config): no training images read.
     prepared = prepare_test(config, data_root)
     classes = loaded.classes or list(prepared.classes)
@@ -198,7 +203,7 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
     if tta_mode:
         views = tta_views(tta_mode, config.data.pad_mode)
         averaged = measure(views)
-        report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy)
+        report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy, tta_mode)
     if plots_dir is not None:
         try:
             figure = task.figure(result, classes, report.kernel, report.title, loaded.model, test, prepared.mean,

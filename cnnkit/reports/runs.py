@@ -92,9 +92,15 @@ class RunSummary:
     planned_epochs: int | None  # train.epochs of the saved config
     complete: bool
     best_val: float | None  # best validation accuracy
-    test_at_best: float | None  # test accuracy of the epoch best.pt keeps (when tested that epoch)
-    best_test: float | None
+    # The test accuracy of best.pt: the run's final report (fp32, what `train` printed last and `cnnkit
+    # eval` prints, recorded as metrics.jsonl's "final"); for a run without one (stopped early), the
+    # test_acc of the epoch best.pt keeps, when that epoch was tested.
+    test_at_best: float | None
+    best_test: float | None  # the highest per-epoch test_acc (seen, never used to choose)
+    # The run's final test figure: the final report's when recorded (then equal to test_at_best), else
+    # the last epoch's test_acc.
     final_test: float | None
+    tta_test: float | None  # the final report with train.tta's views averaged, when the run had TTA
     best_val_mse: float | None  # edge runs
     final_test_mse: float | None
     wall_s: float | None
@@ -109,9 +115,10 @@ class RunSummary:
 # Sort keys: the column names `cnnkit runs --sort` accepts, and how each sorts by default.
 SORT_COLUMNS: dict[str, str] = {
     "name": "asc", "model": "asc", "epochs": "desc", "best_val": "desc", "test_at_best": "desc",
-    "best_test": "desc", "final_test": "desc", "wall_s": "desc", "images_per_s": "desc", "date": "desc",
+    "best_test": "desc", "final_test": "desc", "tta_test": "desc", "wall_s": "desc", "images_per_s": "desc",
+    "date": "desc",
 }
-_SORT_ALIASES = {"val": "best_val", "test": "test_at_best", "wall": "wall_s", "time": "wall_s",
+_SORT_ALIASES = {"val": "best_val", "test": "test_at_best", "tta": "tta_test", "wall": "wall_s", "time": "wall_s",
                  "speed": "images_per_s", "img/s": "images_per_s", "images/s": "images_per_s",
                  "started": "date"}
 
@@ -136,6 +143,13 @@ def summarize_run(folder: Path) -> RunSummary | None:
     # with no validation split it is the last epoch.
     best_row = max(rows, key=lambda r: (r.get("val_acc", -1.0), -r["epoch"])) if val_acc else (rows[-1] if rows else {})
     val_mse = values("val_mse")
+    final = rows[-1].get("final") if rows and isinstance(rows[-1].get("final"), dict) else {}
+    last = rows[-1] if rows else {}
+
+    def final_or(key: str, row: dict) -> float | None:
+        """The final report's `key` when the run recorded one, else that epoch row's."""
+        value = final.get(key) if final else row.get(key)
+        return value if isinstance(value, (int, float)) else None
     speeds = values("images_per_s")
     started = None
     if rows and isinstance(rows[0].get("time"), (int, float)) and isinstance(rows[0].get("elapsed_s"), (int, float)):
@@ -147,11 +161,12 @@ def summarize_run(folder: Path) -> RunSummary | None:
         planned_epochs=planned if isinstance(planned, int) else None,
         complete=bool(rows) and (not isinstance(planned, int) or epochs >= planned),
         best_val=max(val_acc) if val_acc else None,
-        test_at_best=best_row.get("test_acc") if best_row else None,
+        test_at_best=final_or("test_acc", best_row),
         best_test=max(test_acc) if test_acc else None,
-        final_test=rows[-1].get("test_acc") if rows else None,
+        final_test=final_or("test_acc", last),
+        tta_test=final.get("tta_acc") if isinstance(final.get("tta_acc"), (int, float)) else None,
         best_val_mse=min(val_mse) if val_mse else None,
-        final_test_mse=rows[-1].get("test_mse") if rows else None,
+        final_test_mse=final_or("test_mse", last),
         wall_s=_wall_seconds(rows),
         images_per_s=sum(speeds) / len(speeds) if speeds else None,
         started=started,
@@ -160,7 +175,9 @@ def summarize_run(folder: Path) -> RunSummary | None:
 
 
 # `cnnkit runs`'s score columns; each task fills those its runs have (cnnkit.tasks: Task.run_cells).
-SCORE_COLUMNS = ("best val", "test @best", "best test", "final test")
+# "test" is best.pt's test accuracy as the run's final report measured it (= `cnnkit eval`), "TTA" the
+# same with the run's train.tta, "best test" the highest per-epoch figure.
+SCORE_COLUMNS = ("best val", "test", "TTA", "best test")
 _CELL_FORMATS = {"percent": lambda v: f"{v:.2%}", "mse": lambda v: f"mse {v:.2g}"}
 
 

@@ -35,7 +35,7 @@ from cnnkit.fileio import atomic_write_text
 from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.evaluation.metrics import EvalResult
 from cnnkit.optim.registry import SCHEDULES_OVER_THE_RUN
-from cnnkit.training.run_folder import choose_run_dir, write_metrics
+from cnnkit.training.run_folder import choose_run_dir, record_final, write_metrics
 from cnnkit.training.state import TrainState, build_state
 from cnnkit.tasks import Task, task_for
 
@@ -116,6 +116,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     if test is not None and config.train.tta != "none" and "tta" not in task.refusals:
         result.tta_views, result.tta = _final_tta(run, state, test)
     if run.is_main:
+        if test_result is not None:
+            record_final(run.run_dir, state.history, _final_entry(run, result))
         result.warnings += _draw_curves(run.run_dir)  # after the numbers: a picture must not cost them
     report({"kind": "end", "result": result})
     distributed.teardown()
@@ -217,6 +219,16 @@ def _final_test(run: Run, state: TrainState, test: Split | None) -> EvalResult |
         return None
     # Always fp32, as `cnnkit eval` does, so both print the same number for this checkpoint.
     return run.evaluate(state.model, test, dataclasses.replace(run.runtime, precision="fp32"))
+
+
+def _final_entry(run: Run, result: FitResult) -> dict:
+    """The run's final test figure as metrics.jsonl records it: best.pt on the test set in fp32 (what
+    `train` printed last, `cnnkit eval` prints and `cnnkit runs` shows), and its TTA figure."""
+    entry = {"checkpoint": "best.pt", "epoch": result.best_epoch, "precision": "fp32",
+             **run.task.fields("test", result.test)}
+    if result.tta is not None:
+        entry.update(tta_mode=run.config.train.tta, tta_acc=result.tta.accuracy, tta_loss=result.tta.loss)
+    return entry
 
 
 def _final_tta(run: Run, state: TrainState, test: Split) -> tuple[list[str], EvalResult]:

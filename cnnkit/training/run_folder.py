@@ -1,4 +1,9 @@
-"""The run folder: choose and create it, and write its metrics.jsonl."""
+"""The run folder: choose and create it, and write its metrics.jsonl.
+
+metrics.jsonl is one JSON object per finished epoch. When the run ends, its last row also gets
+"final": the final report (best.pt on the test set, in fp32, and with train.tta's views), the one
+test figure that `train` prints last, `cnnkit eval` reproduces and `cnnkit runs` shows.
+"""
 
 from __future__ import annotations
 
@@ -45,3 +50,9 @@ def new_run_dir(config: Config, name: str | None, overwrite: bool) -> Path:
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     # Rewritten whole each epoch (it is small) so a kill never leaves half a line.
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def record_final(run_dir: Path, history: list[dict], final: dict) -> None:
+    """Add the final report to the last epoch row (history[-1]["final"]) and rewrite metrics.jsonl."""
+    history[-1]["final"] = final
+    write_metrics(run_dir, history)
