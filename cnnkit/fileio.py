@@ -79,6 +79,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     return path
 
 
+def atomic_save(path: str | os.PathLike, save: Callable[[Path], None]) -> Path:
+    """Like `atomic_write`, for writers that take a file name rather than a file (e.g. ONNXProgram.save):
+    `save(tmp)` writes a temporary file beside `path`, which gets the usual mode and replaces `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise RunError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from exc
+    try:
+        save(Path(tmp_name))
+        os.chmod(tmp_name, mode)  # mkstemp made it 0o600; the writer may also have replaced the file
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RunError(f"cannot write {path}: {exc.strerror or exc}; free space or choose another folder") from exc
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 

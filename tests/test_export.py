@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -36,6 +38,14 @@ def lenet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return result.run_dir / "best.pt", root
 
 
+def assert_shareable(path: Path, checkpoint: Path) -> None:
+    """A model file is made to be shared: the mode an ordinary write gives (0o666 minus the umask), as
+    the checkpoint has, not mkstemp's private 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(checkpoint.stat().st_mode)
+
+
 def tiny_test_images(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     test = load_cifar10(root).test
     return test.images.float() / 255, test.labels  # (N, 3, 32, 32) in [0, 1], (N,)
@@ -54,6 +64,7 @@ def test_pt2_gives_the_same_top1_as_eval(lenet_run, tmp_path: Path) -> None:
     assert hits == round(report.result.accuracy * len(labels))
     with torch.no_grad():
         assert module(images[:1]).shape == (1, 10)  # any batch size, one included
+    assert_shareable(tmp_path / "lenet.pt2", checkpoint)
 
 
 def test_onnx_gives_the_same_top1_as_eval(lenet_run, tmp_path: Path) -> None:
@@ -65,6 +76,7 @@ def test_onnx_gives_the_same_top1_as_eval(lenet_run, tmp_path: Path) -> None:
     checkpoint, root = lenet_run
     result = export_checkpoint(checkpoint, "onnx", tmp_path / "lenet.onnx")
     assert result.max_abs_diff <= 1e-3 and result.top1_agree == result.n_checked
+    assert_shareable(tmp_path / "lenet.onnx", checkpoint)
     session = onnxruntime.InferenceSession(str(tmp_path / "lenet.onnx"), providers=["CPUExecutionProvider"])
     images, labels = tiny_test_images(root)
     (logits,) = session.run(None, {"images": images.numpy()})

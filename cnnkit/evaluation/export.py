@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.training.checkpoint import model_from_checkpoint
 from cnnkit.data import prepare_test
 from cnnkit.errors import DataError, ExportError, one_line
-from cnnkit.fileio import atomic_write
+from cnnkit.fileio import atomic_save, atomic_write
+from cnnkit.training.checkpoint import model_from_checkpoint
 
 FORMATS = ("pt2", "onnx")
 # Max |exported − PyTorch| allowed on the check batch: float32 round-off is ~1e-6 on these models;
@@ -162,20 +160,8 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, dynamic: dict, path:
                                         output_names=["outputs"], dynamic_shapes=dynamic, verbose=False)
     except Exception as exc:
         raise ExportError(f"torch.onnx could not export the model ({one_line(exc)[:200]})") from exc
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from exc
-    try:
-        program.save(tmp)  # ONNXProgram writes by path; a temporary name, then renamed into place
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from exc
-        raise
+    # ONNXProgram writes by path: a temporary name with the usual file mode, then renamed into place.
+    atomic_save(path, lambda tmp: program.save(str(tmp)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (outputs,) = session.run(None, {"images": scaled.numpy()})  # (B, K) float32
     return torch.from_numpy(outputs).float()
