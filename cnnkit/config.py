@@ -69,7 +69,7 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     # cifar10: the real images (image folder or cifar-10-batches-py); stripes: the seed's 6×8 picture.
-    dataset: Literal["cifar10", "stripes"] = "cifar10"
+    dataset: str = "cifar10"
     root: Optional[str] = None
     download: bool = False
     cache_dir: Optional[str] = None
@@ -91,6 +91,13 @@ class DataConfig(Section):
     # None = computed from the training images and written into the resolved config.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from cnnkit.data.datasets import DATASETS
+
+        return _check_registry_name(name, DATASETS, "dataset")
 
 
 class ParamGroupConfig(Section):

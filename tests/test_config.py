@@ -254,3 +254,15 @@ def test_set_cannot_hide_a_file_error(tmp_path):
     path = _write(tmp_path, "train:\n  epoch: 5\n")
     message = _error(path, ["train.epochs=3"])
     assert str(path) in message and "train.epoch" in message
+
+
+def test_data_dataset_is_checked_against_the_dataset_registry(monkeypatch):
+    """Like model.name: the registry is the list (a new dataset is one function and one DATASETS line,
+    with no config edit), and an unknown name gets a 'did you mean' and the choices."""
+    from cnnkit.data.datasets import DATASETS
+
+    message = _error(None, ["data.dataset=cifar1"])
+    assert "--set data.dataset=cifar1" in message and "did you mean 'cifar10'" in message
+    assert "choose one of: " + ", ".join(DATASETS) in message
+    monkeypatch.setitem(DATASETS, "tiny_stripes", DATASETS["stripes"])
+    assert load_config(None, ["data.dataset=tiny_stripes"]).data.dataset == "tiny_stripes"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -19,8 +19,13 @@ from cnnkit.data.splits import Split, split_train_val, take_subset
 from cnnkit.data.transforms import channel_stats, to_grayscale
 from cnnkit.errors import ConfigError
 
-if TYPE_CHECKING:  # for annotations only: cnnkit.config validates names against registries at run time
-    from cnnkit.config import Config
+
+class Config(Protocol):
+    """What a dataset reads of a run's config (a cnnkit.config.Config): its data section. Not imported
+    from cnnkit.config, which imports this registry to check data.dataset."""
+
+    @property
+    def data(self) -> Any: ...
 
 
 @dataclass
