@@ -296,3 +296,22 @@ def test_config_show_bad_set_exit_2(set_, words):
     line = fails("config", "show", "--config", str(CONFIGS / "edge.yaml"), "--set", set_)
     for word in words:
         assert word in line
+
+
+# ------------------------------------------------------------------------------------------- --help
+
+HELP_PAGES = [[], ["models"], ["train"], ["eval"], ["predict"], ["runs"], ["plot"], ["export"], ["data"],
+              ["config", "show"], ["shapes"], ["shapes", "conv"], ["shapes", "pool"]]
+
+
+@pytest.mark.parametrize("page", HELP_PAGES, ids=lambda p: " ".join(p) or "cnnkit")
+def test_help_shows_no_value_after_a_flag(page):
+    """`--json <bool>` reads as if the flag took a value: flags show none; options that take one keep it."""
+    out = ok(*page, "--help").stdout
+    assert "<bool>" not in out, out
+    lines = [line for line in out.splitlines() if "--help" in line]
+    assert lines and all("<" not in line for line in lines)
+    if page == ["eval"]:
+        assert "<path>" in next(line for line in out.splitlines() if "--checkpoint" in line)
+        tta = next(line for line in out.splitlines() if "--tta " in line)
+        assert "<" not in tta

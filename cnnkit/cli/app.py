@@ -19,6 +19,25 @@ from rich.console import Console
 from cnnkit import __version__
 from cnnkit.errors import CnnkitError
 
+
+def _flags_take_no_value() -> None:
+    """typer 0.29 prints a type after every option in --help, flags included (`--json <bool>`), which
+    reads as if the flag took a value; a flag shows none, options with a value keep theirs (`<path>`)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_cnnkit", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._cnnkit = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="cnnkit",
     help="Train, evaluate and understand convolutional networks on CIFAR-10.",
