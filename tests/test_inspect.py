@@ -386,3 +386,31 @@ def test_tta_logits_are_the_average_of_the_views(trained):
         all_views = torch.stack([loaded.model(task.inputs(view(test.images), mean, std)) for view in views])
     mean_logits = (all_views * w).sum(0) / w.sum()  # (N, 10)
     assert result.accuracy == pytest.approx((mean_logits.argmax(1) == test.labels).double().mean().item())
+
+
+def test_best_value_labels_sit_inside_the_panel_apart_from_each_other(trained, tmp_path, monkeypatch):
+    """curves.png: each run's best-value label is inside its panel, clear of the title and of the other
+    run's label (two runs overlaid by `cnnkit plot` used to print both on top of one another, cut by the title)."""
+    import cnnkit.reports.curves
+
+    figures = []
+    monkeypatch.setattr(cnnkit.reports.curves, "save_png", lambda fig, out: figures.append(fig) or Path(out))
+    # The same run twice, under two names: the worst case, both stars on the very same point.
+    shutil.copytree(trained["a"], tmp_path / "a2", ignore=shutil.ignore_patterns("*.pt", "*.png"))
+    write_curves([trained["a"], tmp_path / "a2", trained["b"]], tmp_path / "c.png")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == "validation / test accuracy"]
+    labels = [t for t in ax.texts if "%" in t.get_text()]
+    assert len(labels) == 3, [t.get_text() for t in ax.texts]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    inside, title = ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)
+    for text, box in zip(labels, boxes, strict=True):
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, text
+        assert not box.overlaps(title), text
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+    best = max(r["val_acc"] for r in read_metrics(trained["a"] / "metrics.jsonl"))
+    assert f"{best:.1%}" in labels[0].get_text()

@@ -47,6 +47,7 @@ def _draw_panel(ax, panel: Panel, wanted: list[tuple[Path, list[dict], str]], co
                 several: bool) -> None:
     from matplotlib.ticker import MaxNLocator
 
+    best_labels = []  # (text, colour) of each run's star in this panel
     for folder, rows, name in wanted:
         for key, label, style in panel.series:
             points = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -60,8 +61,11 @@ def _draw_panel(ax, panel: Panel, wanted: list[tuple[Path, list[dict], str]], co
             else:
                 legend = f"{name} ({label})" if len(panel.series) > 1 else name
             ax.plot(x, y, linestyle=style, marker=marker, markersize=3.5, color=colour_of[str(folder)], label=legend)
-        if panel.mark_best:
-            _mark_best(ax, rows, colour_of[str(folder)])
+        if panel.mark_best and (best := _mark_best(ax, rows, colour_of[str(folder)])) is not None:
+            epoch, value = best
+            best_labels.append((f"{name + ': ' if several else ''}★ {value:.1%} (epoch {epoch})",
+                                colour_of[str(folder)]))
+    _label_best(ax, best_labels)
     ax.set_title(panel.title, fontsize=11)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -73,17 +77,29 @@ def _draw_panel(ax, panel: Panel, wanted: list[tuple[Path, list[dict], str]], co
     ax.legend(fontsize=8, loc="best")
 
 
-def _mark_best(ax, rows: list[dict], colour: str) -> None:
-    """A star on the epoch best.pt keeps: highest val_acc (first of ties), else the last epoch."""
+def _mark_best(ax, rows: list[dict], colour: str) -> tuple[int, float] | None:
+    """A star on the epoch best.pt keeps: highest val_acc (first of ties), else the last epoch; its
+    (epoch, value), or None when no row has the number."""
     key = "val_acc" if any("val_acc" in r for r in rows) else "test_acc"
     scored = [r for r in rows if isinstance(r.get(key), (int, float))]
     if not scored:
-        return
+        return None
     best = max(scored, key=lambda r: (r[key], -r["epoch"])) if key == "val_acc" else scored[-1]
     ax.plot([best["epoch"]], [best[key]], marker="*", markersize=12, color=colour, linestyle="none")
-    # Left of the star: the best epoch is often the last one, at the panel's right edge.
-    ax.annotate(f"{best[key]:.1%}", (best["epoch"], best[key]), textcoords="offset points", xytext=(-6, 6),
-                ha="right", fontsize=8, color=colour)
+    return best["epoch"], best[key]
+
+
+def _label_best(ax, labels: list[tuple[str, str]]) -> None:
+    """The stars' values as a stack of labels in the panel's lower right corner, one line a run.
+
+    Beside the star they ran out of the panel (the best epoch is the last or the highest point, at an
+    edge) and sat on top of each other when runs overlay; accuracy curves rise, so the lower right
+    is the free corner, and the legend ('best' placement) keeps clear of text.
+    """
+    for i, (text, colour) in enumerate(labels):
+        ax.annotate(text, xy=(0.98, 0.03), xycoords="axes fraction", xytext=(0, 12 * i), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=8, color=colour,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.0})
 
 
 def _run_labels(folders: list[Path]) -> list[str]:
