@@ -703,3 +703,25 @@ def test_real_cifar10(real_data_root: Path, tmp_path: Path) -> None:
     assert CIFAR10_CLASSES[d.train.labels[0].item()] == first_class
     for path in cache_files(cache):  # 180 MB: do not leave it in pytest's kept tmp folders
         path.unlink()
+
+
+def test_messages_show_paths_relative_or_under_home(tmp_path, monkeypatch):
+    """What train/eval/export print about the data names it as the user would (../shared/data, ~/.cache),
+    not by the machine's own absolute layout."""
+    from cnnkit.data.sources import shown_path
+
+    work, home = tmp_path / "work" / "checkout", tmp_path / "home"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    assert shown_path(work / "data" / "cifar10") == "data/cifar10"
+    assert shown_path(tmp_path / "work" / "shared" / "cifar10") == "../shared/cifar10"
+    assert shown_path(home / ".cache" / "cnnkit" / "x.pt") == "~/.cache/cnnkit/x.pt"
+    assert shown_path("/somewhere/else") == "/somewhere/else"
+
+    root = make_image_folder(tmp_path / "work" / "shared" / "tiny", n_train_per_class=2, n_test_per_class=1)
+    monkeypatch.delenv("CNNKIT_CACHE", raising=False)  # the default cache: ~/.cache/cnnkit
+    first, second = load_cifar10(root), load_cifar10(root)
+    assert first.source.startswith("image folder ../shared/tiny (decoded, cached: ~/.cache/cnnkit/")
+    assert second.source.startswith("image folder ../shared/tiny (cached: ~/.cache/cnnkit/")
+    assert str(tmp_path) not in first.source + second.source

@@ -71,6 +71,7 @@ def data_cmd(
     """Show where CIFAR-10 is looked for and what is there (layout, counts, cache); --download fetches it."""
     from cnnkit.config import load_config
     from cnnkit.data import inspect_cifar10
+    from cnnkit.data.sources import shown_path
 
     cfg = load_config(config, []).data if config is not None else None
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg is not None and cfg.cache_dir else None
@@ -83,12 +84,12 @@ def data_cmd(
         finally:
             view.close(report.downloaded if report is not None else None)
         if report.downloaded is None:
-            print(f"already there: {report.data.folder}; nothing downloaded")
+            print(f"already there: {shown_path(report.data.folder)}; nothing downloaded")
     else:
         report = inspect_cifar10(data_root, config_root, cache_dir=cache_dir)
     d = report.data
     print(f"data root: {report.root.describe()}")
-    print(f"found: {d.layout} {d.folder}")
+    print(f"found: {d.layout} {shown_path(d.folder)}")
     c, h, w = d.test.images.shape[1:]
     print(f"images: {c}×{h}×{w} uint8; train {len(d.train):,}, test {len(d.test):,}; {len(d.classes)} classes")
     table = Table(title="images per class")
@@ -99,4 +100,4 @@ def data_cmd(
     console.print(table)
     state = {"read": "read from it", "written": "decoded and written now",
              "not writable": "decoded; not written (the folder is not writable)"}[d.cache]
-    print(f"cache: {d.cache_path} ({state})")
+    print(f"cache: {shown_path(d.cache_path)} ({state})")

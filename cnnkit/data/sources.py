@@ -22,6 +22,26 @@ from cnnkit.data.image_folder import _decode_image_folder, _list_image_folder
 from cnnkit.data.splits import CifarData
 from cnnkit.errors import DataError
 
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as messages show it: relative when it is inside the working folder or beside it
+    (data/..., ../shared/data/...), under ~ when it is in the home folder, else absolute.
+
+    Keeps the machine's own layout (its user, its mount points) out of what people copy and share.
+    """
+    path = Path(path).expanduser().absolute()
+    here = Path.cwd()
+    for base, prefix in ((here, ""), (here.parent, "../")):
+        try:
+            return prefix + str(path.relative_to(base))
+        except ValueError:
+            pass
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except (ValueError, RuntimeError):  # not under it, or no home folder
+        return str(path)
+
+
 HOW_TO_POINT = "point at the data with --data-root DIR, env CNNKIT_DATA, or data.root in the config"
 # Relative to the working directory, like torchvision's examples' root="./data".
 DEFAULT_DATA_ROOT = "data"
@@ -97,16 +117,16 @@ def load_cifar10(root: DataRoot | Path | None, *, cache_dir: Path | None = None,
     # Listing every file (path, size, mtime) is what ties the cache to this exact copy.
     if layout == "batches":
         listing = _list_batches(source_dir)
-        describe = f"{BATCHES_DIRNAME} {source_dir}"
+        describe = f"{BATCHES_DIRNAME} {shown_path(source_dir)}"
     else:
         listing = _list_image_folder(source_dir)
-        describe = f"image folder {source_dir}"
+        describe = f"image folder {shown_path(source_dir)}"
     key, test_key = _cache_key(source_dir, listing), _cache_key(source_dir, _test_part(layout, listing))
 
     cache_path = _cache_path(cache_dir or default_cache_dir(), source_dir)
     cached = _read_cache(cache_path, key)
     if cached is not None:
-        cached.source = f"{describe} (cached: {cache_path})"
+        cached.source = f"{describe} (cached: {shown_path(cache_path)})"
         return _found(cached, layout, source_dir, cache_path, "read")
 
     if layout == "batches":
@@ -114,9 +134,9 @@ def load_cifar10(root: DataRoot | Path | None, *, cache_dir: Path | None = None,
     else:
         data = _decode_image_folder(source_dir, listing)
     if _write_cache(cache_path, key, data, test_key):
-        data.source = f"{describe} (decoded, cached: {cache_path})"
+        data.source = f"{describe} (decoded, cached: {shown_path(cache_path)})"
         return _found(data, layout, source_dir, cache_path, "written")
-    data.source = f"{describe} (decoded, not cached: {cache_path.parent} is not writable)"
+    data.source = f"{describe} (decoded, not cached: {shown_path(cache_path.parent)} is not writable)"
     return _found(data, layout, source_dir, cache_path, "not writable")
 
 
@@ -138,14 +158,14 @@ def load_cifar10_test(root: DataRoot | Path | None, *, cache_dir: Path | None = 
     source_dir = source_dir.resolve()
     if layout == "batches":
         listing = _test_part(layout, _list_batches(source_dir))
-        describe = f"{BATCHES_DIRNAME} {source_dir}"
+        describe = f"{BATCHES_DIRNAME} {shown_path(source_dir)}"
     else:
         listing = _list_image_folder(source_dir, splits=("test",))
-        describe = f"image folder {source_dir}"
+        describe = f"image folder {shown_path(source_dir)}"
     cache_path = _cache_path(cache_dir or default_cache_dir(), source_dir)
     cached = _read_cache(cache_path, _cache_key(source_dir, listing), key_name="test_key", splits_wanted=("test",))
     if cached is not None:
-        cached.source = f"{describe}, test split (cached: {cache_path})"
+        cached.source = f"{describe}, test split (cached: {shown_path(cache_path)})"
         return _found(cached, layout, source_dir, cache_path, "read")
     if layout == "batches":
         data = _decode_batches(source_dir, with_train=False)
