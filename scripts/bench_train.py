@@ -129,10 +129,10 @@ def bare_loop(config_path: str, extra_sets: list[str], device: str, seconds: flo
 
 def measure_data_and_eval(run_dir: Path, data_root: str | None) -> dict:
     """The warm-cache data stage and eval in this process (imports excluded), then eval end to end."""
-    from cnnkit.training.checkpoint import load_checkpoint
     from cnnkit.config import config_from_dict
     from cnnkit.data import prepare_data
     from cnnkit.evaluation.evaluate import evaluate_checkpoint
+    from cnnkit.training.checkpoint import load_checkpoint
 
     config = config_from_dict(load_checkpoint(run_dir / "best.pt")["config"])
     start = time.perf_counter()

@@ -55,9 +55,9 @@ def main() -> None:
     from cnnkit.config import load_config
     from cnnkit.data import Split, augment_batch, channel_tensors
     from cnnkit.device import setup_runtime
+    from cnnkit.tasks import task_for
     from cnnkit.training.loop import train_one_epoch
     from cnnkit.training.state import build_state
-    from cnnkit.tasks import task_for
 
     config = load_config(args.config, [*args.sets, f"train.device={args.device}"])
     train = config.train

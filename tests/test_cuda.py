@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.config import load_config
 from cnnkit.device import setup_runtime
 from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.training.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU fast-path tests skipped")

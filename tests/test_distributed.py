@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import write_long_run_config
 
-from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.config import load_config
 from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.training.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

@@ -20,7 +20,6 @@ from conftest import make_batches_dir, make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnkit.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.data import load_cifar10
@@ -36,6 +35,7 @@ from cnnkit.errors import (
 from cnnkit.evaluation.evaluate import evaluate_checkpoint
 from cnnkit.models import MODELS
 from cnnkit.optim.registry import OPTIMIZERS, SCHEDULES
+from cnnkit.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnnkit.training.fit import fit, resume_config
 
 runner = CliRunner()

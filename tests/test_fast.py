@@ -167,8 +167,8 @@ def test_per_group_optimisers_resume_bit_identically(tmp_path, tiny_image_root):
     import os
     import signal
 
-    from cnnkit.training.checkpoint import load_checkpoint
     from cnnkit.errors import Interrupted
+    from cnnkit.training.checkpoint import load_checkpoint
     from cnnkit.training.fit import fit, resume_config
 
     # 4 epochs: the whitening bias's schedule (3 epochs) ends, and it is frozen, in both runs.

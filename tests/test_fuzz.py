@@ -18,10 +18,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnkit.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.config import Config, load_config
 from cnnkit.errors import CnnkitError, ConfigError
 from cnnkit.models import build_model
+from cnnkit.training.checkpoint import load_checkpoint, save_checkpoint
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])

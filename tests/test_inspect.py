@@ -13,16 +13,16 @@ from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from cnnkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import config_from_dict, load_config
-from cnnkit.reports.curves import write_curves
 from cnnkit.data import Split, prepare_data, to_grayscale
 from cnnkit.errors import CheckpointError, RunError
 from cnnkit.evaluation.evaluate import _shift, classification_report, evaluate, most_confused
 from cnnkit.evaluation.predict import load_image, predict_images
+from cnnkit.reports.curves import write_curves
 from cnnkit.reports.runs import list_runs, read_metrics
 from cnnkit.tasks import TASKS
+from cnnkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnkit.training.fit import fit
 
 runner = CliRunner()

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from conftest import make_image_folder, write_long_run_config
 
-from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.config import load_config
 from cnnkit.errors import RunError
 from cnnkit.fileio import atomic_write, atomic_write_bytes, atomic_write_text
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.training.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]

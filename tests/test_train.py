@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.errors import CheckpointError, ConfigError, DataError, Interrupted, RunError
 from cnnkit.evaluation.evaluate import evaluate_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.training.fit import fit, resume_config
 
 runner = CliRunner()

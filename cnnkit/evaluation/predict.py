@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from cnnkit.build import input_shape
-from cnnkit.training.checkpoint import model_from_checkpoint
 from cnnkit.data import normalize, to_grayscale
 from cnnkit.device import Runtime
 from cnnkit.errors import CheckpointError, one_line
+from cnnkit.training.checkpoint import model_from_checkpoint
 
 BATCH = 256
 

@@ -22,22 +22,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.training import distributed
 from cnnkit.build import input_shape
-from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
-from cnnkit.reports.curves import write_curves
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import CheckpointError, ConfigError, Interrupted, TrainingError, one_line
 from cnnkit.evaluation.evaluate import evaluate, tta_views
-from cnnkit.fileio import atomic_write_text
-from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.evaluation.metrics import EvalResult
+from cnnkit.fileio import atomic_write_text
 from cnnkit.optim.registry import SCHEDULES_OVER_THE_RUN
+from cnnkit.reports.curves import write_curves
+from cnnkit.tasks import Task, task_for
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.training.run_folder import choose_run_dir, record_final, write_metrics
 from cnnkit.training.state import TrainState, build_state
-from cnnkit.tasks import Task, task_for
 
 
 @dataclass

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnkit.training import distributed
 from cnnkit.config import Config
 from cnnkit.data import Split, alternating_flips, augment_batch, channel_tensors, epoch_permutation
 from cnnkit.device import Runtime
-from cnnkit.training.ema import WeightEMA
 from cnnkit.errors import TrainingError
 from cnnkit.tasks import Task
+from cnnkit.training import distributed
+from cnnkit.training.ema import WeightEMA
 
 Report = Callable[[dict[str, Any]], None]
 

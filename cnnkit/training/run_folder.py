@@ -11,10 +11,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from cnnkit.training import distributed
 from cnnkit.config import Config
 from cnnkit.errors import RunError
 from cnnkit.fileio import atomic_write_text
+from cnnkit.training import distributed
 
 
 def choose_run_dir(config: Config, name: str | None, overwrite: bool, resume: str | Path | None) -> Path:

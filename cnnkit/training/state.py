@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnnkit.training import distributed
 from cnnkit.build import model_from_config
-from cnnkit.training.checkpoint import load_checkpoint, load_model_state
 from cnnkit.config import Config
 from cnnkit.device import Runtime
-from cnnkit.training.ema import WeightEMA
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.training.loop import global_batches
 from cnnkit.optim.registry import OptimizerSet, ScheduleSet, build_optimizers, build_schedules
 from cnnkit.tasks import Task
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state
+from cnnkit.training.ema import WeightEMA
+from cnnkit.training.loop import global_batches
 
 
 @dataclass
