@@ -156,6 +156,9 @@ class LayerRow:
     macs: int = 0
     receptive_field: Pair = (1, 1)  # input pixels one output pixel sees
     jump: Pair = (1, 1)  # input pixels between neighbouring output pixels (effective stride)
+    # Where the first output pixel's receptive field is centred, in input pixel indices (H, W): output
+    # pixel i sits at start + i·jump. Grad-CAM places a layer's map on the picture with it.
+    start: tuple[float, float] = (0.0, 0.0)
     # torchinfo's "Kernel Shape": conv weight (C_out, C_in/groups, kH, kW), pool window (kH, kW),
     # linear weight (out, in).
     kernel_shape: tuple[int, ...] | None = None
@@ -172,6 +175,7 @@ class LayerRow:
             "padding": _opt_list(self.padding), "dilation": _opt_list(self.dilation),
             "ceil_mode": self.ceil_mode, "formulas": self.formulas, "params": self.params,
             "macs": self.macs, "receptive_field": list(self.receptive_field), "jump": list(self.jump),
+            "start": list(self.start),
             "kernel_shape": _opt_list(self.kernel_shape), "layers": self.layers,
             "kind": self.kind, "sources": list(self.sources), "inputs": [list(i) for i in self.inputs],
             "computed": self.computed,
@@ -214,12 +218,14 @@ class ShapeReport:
                 last = rows[-1]
                 last.output, last.params, last.macs = row.output, last.params + row.params, last.macs + row.macs
                 last.receptive_field, last.jump, last.layers = row.receptive_field, row.jump, last.layers + 1
+                last.start = row.start
                 last.formulas, last.computed = [], last.computed and row.computed
                 last.sources += [src for src in outside if src not in last.sources]
             else:
                 rows.append(LayerRow(group, self.module_types.get(group, "block"), row.input, row.output,
                                      params=row.params, macs=row.macs, receptive_field=row.receptive_field,
-                                     jump=row.jump, formulas=list(row.formulas), kernel=row.kernel,
+                                     jump=row.jump, start=row.start, formulas=list(row.formulas),
+                                     kernel=row.kernel,
                                      stride=row.stride, padding=row.padding, dilation=row.dilation,
                                      kernel_shape=row.kernel_shape, sources=outside, computed=row.computed))
         for row in rows:
@@ -366,8 +372,8 @@ def adaptive_pool_row(name: str, in_shape, output_size, type_name: str, rf: Pair
     stride = tuple(max(1, (h, w)[i] // out[i]) for i in range(2))
     new_rf, new_jump = _grow_rf(rf, jump, kernel, stride, (1, 1))
     formulas = [f"adaptive: {(h, w)[i]} → {out[i]} (asked for)" for i in range(2)]
-    return LayerRow(name, type_name, (c, h, w), (c, *out), formulas=formulas, receptive_field=new_rf,
-                    jump=new_jump)
+    return LayerRow(name, type_name, (c, h, w), (c, *out), kernel, stride, (0, 0), (1, 1), formulas=formulas,
+                    receptive_field=new_rf, jump=new_jump)
 
 
 def _adaptive_rule(name, m, shape, rf, jump):
@@ -479,6 +485,7 @@ def rows_from_capture(calls: list[Call]) -> list[LayerRow]:
         feeding = [rows[s] for s in call.sources if s != MODEL_INPUT]
         rf = tuple(max([1] + [r.receptive_field[i] for r in feeding]) for i in range(2))
         jump = tuple(max([1] + [r.jump[i] for r in feeding]) for i in range(2))
+        start = feeding[0].start if feeding else (0.0, 0.0)
         rule = _call_rule(call)
         try:
             row = rule(call.name, shape, rf, jump) if rule is not None else None
@@ -491,11 +498,21 @@ def rows_from_capture(calls: list[Call]) -> list[LayerRow]:
                 f"{call.name} ({call.type}): the shape rule gives {_fmt(row.input)}→{_fmt(row.output)} but torch "
                 f"computed {_fmt(shape)}→{_fmt(out)}; the rule for {call.type} in cnnkit.shapes is wrong")
         row.kind = call.kind
+        row.start = _move_start(row, start, jump)
         row.params = call.params  # a module called twice counts its parameters once
         row.sources = ["input" if s == MODEL_INPUT else rows[s].name for s in call.sources]
         row.inputs = [i[1:] for i in call.inputs] if len(call.inputs) > 1 else []
         rows.append(row)
     return rows
+
+
+def _move_start(row: LayerRow, start, jump) -> tuple[float, float]:
+    """A window of span d·(k−1)+1 starting p pixels before the input is centred d·(k−1)/2 − p input
+    pixels (each `jump` picture pixels apart) after the input's first pixel."""
+    if row.kernel is None:
+        return tuple(start)  # type: ignore[return-value]
+    return tuple(start[i] + (row.dilation[i] * (row.kernel[i] - 1) / 2 - row.padding[i]) * jump[i]
+                 for i in range(2))  # type: ignore[return-value]
 
 
 def _fmt(shape) -> str:
