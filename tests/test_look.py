@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -273,3 +274,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos):
     assert "at least one picture" in message
     edge = write_checkpoint(tmp_path / "edge.pt", "edge")
     assert "no classes" in cli_error("look", "--checkpoint", edge, "--class", "cat")
+
+
+# ---------------------------------------------------------------------------------------- eval --worst
+
+
+def test_eval_worst_lists_the_highest_losses(tmp_path):
+    root = make_image_folder(tmp_path / "data", n_train_per_class=1, n_test_per_class=2)
+    torch.manual_seed(0)
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", "lenet")
+    result = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--worst", "5",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    worst = data["worst"]
+    # The same losses computed here, image by image, from the pictures on disk.
+    model = model_from_config(load_config(None, ["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]"]))
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    model.eval()
+    files = sorted((root / "test").glob("*/*.png"))  # classes, then files, in name order
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    labels = torch.tensor([CIFAR10_CLASSES.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        logits = model((images.float() / 255 - 0.5) / 0.25)
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    expected = torch.argsort(-losses, stable=True)[:5].tolist()
+    assert [w["index"] for w in worst] == expected
+    for w in worst:
+        assert w["loss"] == pytest.approx(losses[w["index"]].item(), rel=1e-4)
+        assert w["true"] == CIFAR10_CLASSES[labels[w["index"]]]
+        assert w["p_true"] == pytest.approx(np.exp(-w["loss"]), rel=1e-4)
+        assert w["predicted"] == CIFAR10_CLASSES[logits[w["index"]].argmax()]
+    assert str(ckpt.parent / "worst.png") in data["plots"]
+    with Image.open(ckpt.parent / "worst.png") as im:
+        assert im.size[0] > 500 and im.size[1] > 200
+    # The table, and eval's last line unchanged.
+    text = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--worst", "3"])
+    assert text.exit_code == 0 and "highest loss" in text.output and f"#{expected[0]}" in text.output
+    assert text.output.strip().splitlines()[-1].startswith("test accuracy ")
+
+
+def test_eval_worst_refuses_the_edge_toy(tmp_path):
+    edge = write_checkpoint(tmp_path / "edge.pt", "edge")
+    message = cli_error("eval", "--checkpoint", edge, "--worst", "3")
+    assert "--worst" in message and "no classes" in message
