@@ -12,12 +12,13 @@ inside the right padding.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from cnnkit.errors import ShapeError
+from cnnkit.inspection.capture import MODEL_INPUT, Call, ForwardError, capture
 
 Pair = tuple[int, int]
 DIMS = ("H", "W")
@@ -155,10 +156,17 @@ class LayerRow:
     macs: int = 0
     receptive_field: Pair = (1, 1)  # input pixels one output pixel sees
     jump: Pair = (1, 1)  # input pixels between neighbouring output pixels (effective stride)
+    # Where the first output pixel's receptive field is centred, in input pixel indices (H, W): output
+    # pixel i sits at start + i·jump. Grad-CAM places a layer's map on the picture with it.
+    start: tuple[float, float] = (0.0, 0.0)
     # torchinfo's "Kernel Shape": conv weight (C_out, C_in/groups, kH, kW), pool window (kH, kW),
     # linear weight (out, in).
     kernel_shape: tuple[int, ...] | None = None
     layers: int = 1  # leaf layers this row stands for (more than 1 when --depth folds a block)
+    kind: str = "module"  # or "function": a torch function between modules (a residual add, torch.cat, x.view)
+    sources: list[str] = field(default_factory=list)  # the rows whose outputs it takes; "input": the model's
+    inputs: list[tuple[int, ...]] = field(default_factory=list)  # every input's shape, when it takes several
+    computed: bool = True  # the output comes from a shape rule (and equals torch's); False: torch's shape as is
 
     def to_dict(self) -> dict:
         return {
@@ -167,7 +175,10 @@ class LayerRow:
             "padding": _opt_list(self.padding), "dilation": _opt_list(self.dilation),
             "ceil_mode": self.ceil_mode, "formulas": self.formulas, "params": self.params,
             "macs": self.macs, "receptive_field": list(self.receptive_field), "jump": list(self.jump),
+            "start": list(self.start),
             "kernel_shape": _opt_list(self.kernel_shape), "layers": self.layers,
+            "kind": self.kind, "sources": list(self.sources), "inputs": [list(i) for i in self.inputs],
+            "computed": self.computed,
         }
 
 
@@ -191,24 +202,32 @@ class ShapeReport:
             return self
         if depth < 1:
             raise ShapeError(f"--depth must be ≥ 1, got {depth}")
+
+        def fold(name: str) -> str:
+            return ".".join(name.split(".")[:depth])
+
         rows: list[LayerRow] = []
         for row in self.layers:
-            parts = row.name.split(".")
-            if len(parts) <= depth:
-                rows.append(row)
+            group = fold(row.name)
+            # A folded block takes what flows in from outside it; its own rows no longer show.
+            outside = [fold(src) for src in row.sources if fold(src) != group]
+            if group == row.name:
+                rows.append(replace(row, sources=outside))
                 continue
-            group = ".".join(parts[:depth])
             if rows and rows[-1].name == group:
                 last = rows[-1]
                 last.output, last.params, last.macs = row.output, last.params + row.params, last.macs + row.macs
                 last.receptive_field, last.jump, last.layers = row.receptive_field, row.jump, last.layers + 1
-                last.formulas = []
+                last.start = row.start
+                last.formulas, last.computed = [], last.computed and row.computed
+                last.sources += [src for src in outside if src not in last.sources]
             else:
                 rows.append(LayerRow(group, self.module_types.get(group, "block"), row.input, row.output,
                                      params=row.params, macs=row.macs, receptive_field=row.receptive_field,
-                                     jump=row.jump, formulas=list(row.formulas), kernel=row.kernel,
+                                     jump=row.jump, start=row.start, formulas=list(row.formulas),
+                                     kernel=row.kernel,
                                      stride=row.stride, padding=row.padding, dilation=row.dilation,
-                                     kernel_shape=row.kernel_shape))
+                                     kernel_shape=row.kernel_shape, sources=outside, computed=row.computed))
         for row in rows:
             if row.layers > 1:  # a folded block has no single kernel or formula
                 row.kernel = row.stride = row.padding = row.dilation = row.kernel_shape = None
@@ -281,13 +300,30 @@ def pool_row(name: str, in_shape, kind: str, kernel, stride=None, padding=0, dil
 
 
 # --------------------------------------------------------------------------------------------------
-# Walking a real model: each leaf module type has a rule that computes its row from its input shape.
+# Walking a real model: each leaf module type has a rule that computes its row from its input shape;
+# a rule may return None when it cannot (the row then shows the shape torch produced).
 
-Rule = Callable[[str, nn.Module, tuple, Pair, Pair], LayerRow]
+Rule = Callable[[str, nn.Module, tuple, Pair, Pair], "LayerRow | None"]
+
+
+def _padding(module_padding, kernel, dilation):
+    """nn.Conv2d's padding as (pH, pW); 'valid' is 0, 'same' is half the span when the span is even."""
+    if not isinstance(module_padding, str):
+        return module_padding
+    if module_padding == "valid":
+        return 0
+    spans = [d * (k - 1) for k, d in zip(to_pair(kernel), to_pair(dilation), strict=True)]
+    return None if any(span % 2 for span in spans) else tuple(span // 2 for span in spans)  # odd: uneven padding
 
 
 def _conv_rule(name, m, shape, rf, jump):
-    return conv_row(name, shape, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+    if shape[0] != m.in_channels:
+        raise ShapeError(f"{name}: {type(m).__name__} expects {m.in_channels} input channels but receives "
+                         f"{shape[0]} ({'×'.join(map(str, shape))}); check the input's channels (model.in_channels)")
+    padding = _padding(m.padding, m.kernel_size, m.dilation)
+    if padding is None:
+        return None
+    return conv_row(name, shape, m.out_channels, m.kernel_size, m.stride, padding, m.dilation,
                     getattr(m, "groups", 1), m.bias is not None, rf, jump, type(m).__name__)
 
 
@@ -309,7 +345,7 @@ def _same_shape_rule(name, m, shape, rf, jump):
 
 def _flatten_rule(name, m, shape, rf, jump):
     if m.start_dim not in (1, -len(shape) - 1 + 1) or m.end_dim != -1:
-        raise ShapeError(f"{name}: only Flatten(start_dim=1) is supported by the shape tracer")
+        return None  # other dims: torch's shape, not a formula
     return LayerRow(name, "Flatten", tuple(shape), (_numel(shape),), receptive_field=rf, jump=jump)
 
 
@@ -322,18 +358,42 @@ def _linear_rule(name, m, shape, rf, jump):
                     kernel_shape=(m.out_features, m.in_features))
 
 
+def adaptive_pool_row(name: str, in_shape, output_size, type_name: str, rf: Pair = (1, 1),
+                      jump: Pair = (1, 1)) -> LayerRow:
+    """AdaptiveAvgPool2d / AdaptiveMaxPool2d: the output size is asked for, not computed (None keeps a dim).
+
+    Each window spans about ⌈in/out⌉ inputs every ⌊in/out⌋, which is what the receptive field grows by."""
+    c, h, w = in_shape
+    wanted = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
+    out = tuple((h, w)[i] if wanted[i] is None else int(wanted[i]) for i in range(2))
+    if min(out) < 1:
+        raise ShapeError(f"{name}: adaptive pooling needs an output size ≥ 1, got {output_size!r}")
+    kernel = tuple(-(-(h, w)[i] // out[i]) for i in range(2))
+    stride = tuple(max(1, (h, w)[i] // out[i]) for i in range(2))
+    new_rf, new_jump = _grow_rf(rf, jump, kernel, stride, (1, 1))
+    formulas = [f"adaptive: {(h, w)[i]} → {out[i]} (asked for)" for i in range(2)]
+    return LayerRow(name, type_name, (c, h, w), (c, *out), kernel, stride, (0, 0), (1, 1), formulas=formulas,
+                    receptive_field=new_rf, jump=new_jump)
+
+
+def _adaptive_rule(name, m, shape, rf, jump):
+    return adaptive_pool_row(name, shape, m.output_size, type(m).__name__, rf, jump)
+
+
 # Models may register their own leaf types here (the edge model's from-scratch Corr2d does).
 SHAPE_RULES: dict[type, Rule] = {
     nn.Conv2d: _conv_rule,
     nn.MaxPool2d: _maxpool_rule,
     nn.AvgPool2d: _avgpool_rule,
-    nn.BatchNorm2d: _same_shape_rule,
-    nn.ReLU: _same_shape_rule,
-    nn.GELU: _same_shape_rule,
-    nn.Dropout: _same_shape_rule,
-    nn.Identity: _same_shape_rule,
+    nn.AdaptiveAvgPool2d: _adaptive_rule,
+    nn.AdaptiveMaxPool2d: _adaptive_rule,
     nn.Flatten: _flatten_rule,
     nn.Linear: _linear_rule,
+    # Same shape out as in: normalisation, activations, dropout.
+    **{kind: _same_shape_rule for kind in (
+        nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU,
+        nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.Dropout,
+        nn.Dropout2d, nn.Identity)},
 }
 
 
@@ -344,91 +404,155 @@ def _rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeReport:
-    """Shape of every leaf layer, computed analytically and checked against one real forward pass.
+# --------------------------------------------------------------------------------------------------
+# Torch functions between modules: the conv and pool ones get their formula too; the rest (add,
+# cat, view, F.relu, ...) show the shape torch produced.
 
-    The real pass (batch of 1, eval mode, no grad) gives the order in which leaves run; the rows
-    are then computed from the rules alone, each from the previous row's analytic output. The
-    report is only true for a plain chain, so the real pass must also show one: each leaf takes
-    exactly the tensor the previous leaf returned (the first takes the input, the model returns
-    the last leaf's output). A residual add, a branch or a functional op between layers, or a
-    disagreement with what a real layer produced, is an error, never silent.
+FunctionRule = Callable[[str, Call, tuple, Pair, Pair], "LayerRow | None"]
+
+
+def _arg(call: Call, index: int, key: str, default=None):
+    """A function argument given by position or by keyword."""
+    if len(call.args) > index:
+        return call.args[index]
+    return call.kwargs.get(key, default)
+
+
+def _fn_conv(name, call, shape, rf, jump):
+    weight, bias = _arg(call, 1, "weight"), _arg(call, 2, "bias")
+    stride, padding, dilation = _arg(call, 3, "stride", 1), _arg(call, 4, "padding", 0), _arg(call, 5, "dilation", 1)
+    groups = _arg(call, 6, "groups", 1)
+    padding = _padding(padding, weight.shape[-2:], dilation)
+    if padding is None:
+        return None
+    return conv_row(name, shape, weight.shape[0], tuple(weight.shape[-2:]), stride, padding, dilation, groups,
+                    bias is not None, rf, jump, call.type)
+
+
+def _fn_maxpool(name, call, shape, rf, jump):
+    kernel, stride = _arg(call, 1, "kernel_size"), _arg(call, 2, "stride")
+    row = pool_row(name, shape, "max", kernel, stride if stride not in (None, []) else None,
+                   _arg(call, 3, "padding", 0), _arg(call, 4, "dilation", 1), bool(_arg(call, 5, "ceil_mode", False)),
+                   rf, jump)
+    row.type = call.type
+    return row
+
+
+def _fn_avgpool(name, call, shape, rf, jump):
+    kernel, stride = _arg(call, 1, "kernel_size"), _arg(call, 2, "stride")
+    row = pool_row(name, shape, "avg", kernel, stride if stride not in (None, []) else None,
+                   _arg(call, 3, "padding", 0), 1, bool(_arg(call, 4, "ceil_mode", False)), rf, jump)
+    row.type = call.type
+    return row
+
+
+def _fn_adaptive(name, call, shape, rf, jump):
+    return adaptive_pool_row(name, shape, _arg(call, 1, "output_size"), call.type, rf, jump)
+
+
+FUNCTION_RULES: dict[str, FunctionRule] = {
+    "F.conv2d": _fn_conv, "torch.conv2d": _fn_conv,
+    "F.max_pool2d": _fn_maxpool, "torch.max_pool2d": _fn_maxpool,
+    "F.avg_pool2d": _fn_avgpool, "torch.avg_pool2d": _fn_avgpool,
+    "F.adaptive_avg_pool2d": _fn_adaptive, "F.adaptive_max_pool2d": _fn_adaptive,
+}
+
+
+def _call_rule(call: Call) -> Callable[[str, tuple, Pair, Pair], LayerRow | None] | None:
+    """The rule that computes this call's row, bound to its module or function call; None if none."""
+    if call.kind == "module":
+        rule = _rule_for(call.module)
+        return None if rule is None else lambda name, shape, rf, jump: rule(name, call.module, shape, rf, jump)
+    rule = FUNCTION_RULES.get(call.type)
+    spatial = len(call.inputs[0]) == 4  # (B, C, H, W): the formulas are for 2-D maps
+    return None if rule is None or not spatial else lambda name, shape, rf, jump: rule(name, call, shape, rf, jump)
+
+
+def _in_context(name: str, exc: ShapeError) -> ShapeError:
+    message = str(exc)
+    return ShapeError(message if message.startswith(name) else f"{name}: {message}")
+
+
+def rows_from_capture(calls: list[Call]) -> list[LayerRow]:
+    """One row per recorded call: the rule's row applied to the input torch really gave it, checked
+    against the output torch really produced (a disagreement is an error, never shown). Calls with no
+    rule show torch's shapes, marked `computed=False`. Receptive field and jump follow the data flow:
+    a row takes them from the rows that made its inputs (the widest, where a branch joins)."""
+    rows: list[LayerRow] = []
+    for call in calls:
+        shape = call.inputs[0][1:] if call.inputs else ()  # per image: the batch dimension dropped
+        out = call.output[1:]
+        feeding = [rows[s] for s in call.sources if s != MODEL_INPUT]
+        rf = tuple(max([1] + [r.receptive_field[i] for r in feeding]) for i in range(2))
+        jump = tuple(max([1] + [r.jump[i] for r in feeding]) for i in range(2))
+        start = feeding[0].start if feeding else (0.0, 0.0)
+        rule = _call_rule(call)
+        try:
+            row = rule(call.name, shape, rf, jump) if rule is not None else None
+        except ShapeError as exc:
+            raise _in_context(call.name, exc) from None
+        if row is None:
+            row = LayerRow(call.name, call.type, shape, out, receptive_field=rf, jump=jump, computed=False)
+        elif row.output != out or row.input != shape:
+            raise ShapeError(
+                f"{call.name} ({call.type}): the shape rule gives {_fmt(row.input)}→{_fmt(row.output)} but torch "
+                f"computed {_fmt(shape)}→{_fmt(out)}; the rule for {call.type} in cnnkit.shapes is wrong")
+        row.kind = call.kind
+        row.start = _move_start(row, start, jump)
+        row.params = call.params  # a module called twice counts its parameters once
+        row.sources = ["input" if s == MODEL_INPUT else rows[s].name for s in call.sources]
+        row.inputs = [i[1:] for i in call.inputs] if len(call.inputs) > 1 else []
+        rows.append(row)
+    return rows
+
+
+def _move_start(row: LayerRow, start, jump) -> tuple[float, float]:
+    """A window of span d·(k−1)+1 starting p pixels before the input is centred d·(k−1)/2 − p input
+    pixels (each `jump` picture pixels apart) after the input's first pixel."""
+    if row.kernel is None:
+        return tuple(start)  # type: ignore[return-value]
+    return tuple(start[i] + (row.dilation[i] * (row.kernel[i] - 1) / 2 - row.padding[i]) * jump[i]
+                 for i in range(2))  # type: ignore[return-value]
+
+
+def _fmt(shape) -> str:
+    return "×".join(str(d) for d in shape) or "()"
+
+
+def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeReport:
+    """Every layer of one real forward pass (batch of 1, eval mode, no grad), with its arithmetic.
+
+    Forward hooks record each leaf module's actual input and output, and the torch functions the
+    model calls between modules (residual adds, concatenations, views, functional pooling) are
+    recorded as rows of their own (cnnkit.inspection.capture). Each conv, pool, linear... row is
+    computed by its shape rule from the input torch gave it and must equal the output torch
+    produced. A layer that cannot take its input raises a ShapeError naming it.
     """
-    executed: list[tuple[str, tuple, tuple]] = []
-    flow: list[tuple[str, object, object]] = []  # (leaf, tensor it took, tensor it returned)
-    names = {m: n for n, m in model.named_modules()}
-    hooks = []
-    for module in model.modules():
-        if next(module.children(), None) is None:  # a leaf
-            def hook(mod, args, out):
-                x = args[0] if len(args) == 1 else None
-                flow.append((names[mod], x, out))
-                if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
-                    executed.append((names[mod], tuple(x.shape[1:]), tuple(out.shape[1:])))
-            hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     try:
-        # Shape errors surface analytically below; check the input is plausible before the real pass.
         with torch.no_grad():
-            param = next(model.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
-            x = torch.zeros((1, *input_shape), device=device)
-            y = model(x)
-    except RuntimeError as exc:
-        # The analytic walk over the leaves in registration order names the failing layer.
-        leaves = [(n, (), ()) for n, m in model.named_modules() if next(m.children(), None) is None]
-        _analytic_rows(model, leaves, input_shape, strict=False)
-        raise ShapeError(f"the model cannot take input {'x'.join(map(str, input_shape))}: "
-                         f"{str(exc).splitlines()[0]}") from None
+            record = capture(model, torch.zeros((1, *input_shape), device=device))
+    except ForwardError as exc:
+        raise _explain(exc, input_shape) from None
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    _check_chain(flow, x, y)
-    rows = _analytic_rows(model, executed, input_shape, strict=True)
-    output = rows[-1].output if rows else tuple(input_shape)
+    rows = rows_from_capture(record.calls)
     types = {name: type(module).__name__ for name, module in model.named_modules() if name}
-    return ShapeReport(tuple(input_shape), output, rows, types)
+    return ShapeReport(tuple(input_shape), record.output[1:], rows, types)
 
 
-_NOT_A_CHAIN = ("the shape tracer needs a plain chain of nn modules (no residual adds, branches, or functional "
-                "ops such as x.view, torch.flatten or F.relu between layers; use nn.Flatten, nn.ReLU...)")
-
-
-def _check_chain(flow: list[tuple[str, object, object]], x: torch.Tensor, y: object) -> None:
-    previous, previous_name = x, "the model input"
-    for name, taken, returned in flow:
-        if not isinstance(taken, torch.Tensor) or not isinstance(returned, torch.Tensor):
-            raise ShapeError(f"{name}: takes or returns something other than one tensor; {_NOT_A_CHAIN}")
-        if taken is not previous:
-            raise ShapeError(f"{name}: its input is not the output of {previous_name}; {_NOT_A_CHAIN}")
-        previous, previous_name = returned, name
-    if y is not previous:
-        raise ShapeError(f"the model's output is not the output of {previous_name}; {_NOT_A_CHAIN}")
-
-
-def _analytic_rows(model, executed, input_shape, strict: bool) -> list[LayerRow]:
-    modules = dict(model.named_modules())
-    rows: list[LayerRow] = []
-    shape: tuple = tuple(input_shape)
-    rf: Pair = (1, 1)
-    jump: Pair = (1, 1)
-    for name, real_in, real_out in executed:
-        module = modules[name]
-        rule = _rule_for(module)
-        if rule is None:
-            raise ShapeError(f"{name}: no shape rule for {type(module).__name__}; add one to cnnkit.shapes.SHAPE_RULES")
+def _explain(exc: ForwardError, input_shape) -> ShapeError:
+    """Why the forward pass failed, from the failing layer's rule when it has one, else torch's words."""
+    shape = exc.inputs[0][1:] if exc.inputs else ()
+    rule = _rule_for(exc.module) if exc.module is not None else None
+    if rule is not None:
         try:
-            row = rule(name, module, shape, rf, jump)
-        except ShapeError as exc:
-            message = str(exc)
-            raise ShapeError(message if message.startswith(name) else f"{name}: {message}") from None
-        if strict and (row.input != real_in or row.output != real_out):
-            raise ShapeError(
-                f"{name} ({row.type}): analytic shape {row.input}→{row.output} differs from the real forward "
-                f"{real_in}→{real_out}; the model's data flow is not a plain chain of layers"
-            )
-        rows.append(row)
-        shape, rf, jump = row.output, row.receptive_field, row.jump
-    return rows
+            rule(exc.where, exc.module, shape, (1, 1), (1, 1))
+        except ShapeError as error:
+            return _in_context(exc.where, error)
+    torch_says = str(exc.error).strip().splitlines()[0] if str(exc.error).strip() else type(exc.error).__name__
+    return ShapeError(f"{exc.where}: the model cannot take input {'x'.join(map(str, input_shape))} "
+                      f"(this layer gets {_fmt(shape)}): {torch_says}")

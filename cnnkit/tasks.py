@@ -229,6 +229,8 @@ class EdgeMap(Task):
                    "as lenet — use `cnnkit eval` for this one",
         "tta": "{path}: an edge-detector checkpoint has no classes to average; --tta applies to classifiers, "
                "drop it for this one",
+        "worst": "{path}: --worst ranks classified test images by their loss; a {model} checkpoint ({task} task) "
+                 "has no classes — drop --worst for this one",
     }
 
     def inputs(self, images, mean, std, memory_format=torch.contiguous_format):

@@ -342,7 +342,8 @@ def test_trace_model_wrong_channel_count_is_shape_error():
         trace_model(build_model("lenet"), (1, 32, 32))
 
 
-# Models whose data flow is not a plain chain of layers: the trace must refuse, never guess.
+# Models whose data flow is not a plain chain of layers: every module row still equals torch, and what
+# happens between modules (adds, concatenations, views, functional pooling) gets rows of its own.
 
 
 class ResidualAdd(nn.Module):
@@ -424,19 +425,42 @@ class SameShapeBranches(nn.Module):
         return self.a(x) * self.b(x)
 
 
-@pytest.mark.parametrize(
-    "model_cls",
-    [ResidualAdd, ResidualAtEnd, FlattenFunctionally, ReshapeKeepingLastDim, ReshapeAfterLastLayer,
-     FunctionalPoolBetween, TwoBranches, SameShapeBranches],
-)
-def test_trace_model_refuses_models_that_are_not_a_chain(model_cls):
+# The rows between modules each model must show: (name, type, sources, output), on a 3×8×8 input.
+BETWEEN = {
+    ResidualAdd: [("add()", "Tensor.add", ["conv1", "input"], (3, 8, 8))],
+    ResidualAtEnd: [("add()", "Tensor.add", ["conv", "input"], (3, 8, 8))],
+    FlattenFunctionally: [("view()", "Tensor.view", ["conv"], (144,))],
+    ReshapeKeepingLastDim: [("reshape()", "Tensor.reshape", ["conv"], (24, 6))],
+    ReshapeAfterLastLayer: [("flatten()", "torch.flatten", ["conv"], (144,))],
+    FunctionalPoolBetween: [("max_pool2d()", "F.max_pool2d", ["conv1"], (4, 3, 3))],
+    TwoBranches: [("cat()", "torch.cat", ["a", "b"], (4, 8, 8))],
+    SameShapeBranches: [("mul()", "Tensor.mul", ["a", "b"], (3, 8, 8))],
+}
+
+
+@pytest.mark.parametrize("model_cls", list(BETWEEN), ids=lambda c: c.__name__)
+def test_trace_model_shows_what_happens_between_modules(model_cls):
     model = model_cls()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 8, 8))  # the model itself runs fine
-    with pytest.raises(ShapeError) as info:
-        trace_model(model, (3, 8, 8))
-    message = str(info.value)
-    assert "chain" in message and "\n" not in message
+    report = trace_model(model, (3, 8, 8))
+    real, real_out = _real_leaf_shapes(model, (3, 8, 8))
+    modules = [(r.name, r.input, r.output) for r in report.layers if r.kind == "module"]
+    assert modules == real
+    between = [(r.name, r.type, r.sources, r.output) for r in report.layers if r.kind == "function"]
+    assert between == BETWEEN[model_cls]
+    assert report.output == real_out
+    # Only the pooling function has a formula; the others show torch's shape, marked as such.
+    for row in report.layers:
+        assert row.computed == (row.kind == "module" or row.type == "F.max_pool2d"), row
+    assert report.params == sum(p.numel() for p in model.parameters())
+
+
+def test_functional_pool_gets_its_formula_and_receptive_field():
+    rows = {r.name: r for r in trace_model(FunctionalPoolBetween(), (3, 8, 8)).layers}
+    pool = rows["max_pool2d()"]
+    assert pool.formulas == ["⌊(6 + 2·0 − 1·(2−1) − 1) / 2⌋ + 1 = 3"] * 2
+    assert (pool.kernel, pool.stride) == ((2, 2), (2, 2))
+    assert (pool.receptive_field, pool.jump) == ((4, 4), (2, 2))  # conv1's 3 grown by the 2-wide window
+    assert rows["conv2"].sources == ["max_pool2d()"]
 
 
 def test_trace_model_accepts_a_plain_sequential_chain():
@@ -449,7 +473,22 @@ def test_trace_model_accepts_a_plain_sequential_chain():
     assert report.params == sum(p.numel() for p in model.parameters())
 
 
-def test_trace_model_unknown_leaf_type_is_shape_error():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PixelShuffle(2))  # GELU has a rule since the fast model
-    with pytest.raises(ShapeError, match="PixelShuffle"):
-        trace_model(model, (3, 8, 8))
+def test_trace_model_leaf_without_a_rule_shows_torchs_shape():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PixelShuffle(2))  # no shape rule for PixelShuffle
+    rows = trace_model(model, (3, 8, 8)).layers
+    assert [(r.name, r.type, r.output, r.computed) for r in rows] == [
+        ("0", "Conv2d", (4, 6, 6), True), ("1", "PixelShuffle", (1, 12, 12), False)]
+
+
+def test_trace_model_catches_a_wrong_shape_rule(monkeypatch):
+    """Every computed row is checked against torch: a rule that is wrong is an error, never printed."""
+    from cnnkit import shapes
+
+    def off_by_one(name, m, shape, rf, jump):
+        row = shapes._maxpool_rule(name, m, shape, rf, jump)
+        row.output = (row.output[0], row.output[1] + 1, row.output[2])
+        return row
+
+    monkeypatch.setitem(shapes.SHAPE_RULES, nn.MaxPool2d, off_by_one)
+    with pytest.raises(ShapeError, match=r"pool1 \(MaxPool2d\): the shape rule gives 6×30×30→6×16×15 but torch"):
+        trace_model(build_model("lenet"), (3, 32, 32))

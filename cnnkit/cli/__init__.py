@@ -13,6 +13,7 @@ from cnnkit.cli.app import _state, app, console  # noqa: F401  (the names tests 
 from cnnkit.cli import describe  # noqa: F401,E402  (models, config, shapes)
 from cnnkit.cli import train  # noqa: F401,E402  (train)
 from cnnkit.cli import results  # noqa: F401,E402  (eval, predict, runs, plot)
+from cnnkit.cli import look  # noqa: F401,E402  (look)
 from cnnkit.cli import export  # noqa: F401,E402  (export)
 from cnnkit.cli import data  # noqa: F401,E402  (data)
 # isort: on

@@ -32,7 +32,9 @@ def eval_cmd(
     tta_mode: Optional[str] = typer.Option(None, "--tta-mode",
                                            help="TTA by name: flip, flip_shift or flip_translate (airbench's 6 "
                                                 "weighted views)."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write confusion.png / edges.png."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Do not write confusion.png / edges.png / worst.png."),
+    worst: Optional[int] = typer.Option(None, "--worst", min=1,
+                                        help="Also list the K test images with the highest loss (and draw worst.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Evaluate a checkpoint on the test set: accuracy, per-class report, confusion matrix (also as confusion.png)."""
@@ -40,7 +42,7 @@ def eval_cmd(
 
     report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
                                  tta_mode=tta_mode,
-                                 plots_dir=None if no_plots else checkpoint.parent)
+                                 plots_dir=None if no_plots else checkpoint.parent, worst=worst or 0)
     for warning in report.warnings:
         _warn(warning)
     if as_json:
@@ -56,6 +58,8 @@ def eval_cmd(
         print(f"TTA {t.mode}, logits averaged over {len(t.views)} views ({', '.join(t.views)}): accuracy "
               f"{t.accuracy:.4f} vs {t.plain_accuracy:.4f} without ({t.accuracy - t.plain_accuracy:+.4f}), "
               f"loss {t.loss:.4f}")
+    if report.worst:
+        _render_worst(report.worst)
     for path in report.plots:
         print(f"wrote {path}")
     # This line's format is relied on (tests, users' scripts): keep it, and keep it last.
@@ -93,6 +97,15 @@ def _render_classes(report) -> None:
         for p in pairs:
             worst.add_row(p["true"], p["predicted"], f"{p['count']:,}", f"{p['fraction']:.1%}")
         console.print(worst)
+
+
+def _render_worst(worst) -> None:
+    table = Table(title=f"the {len(worst)} test images with the highest loss (−log p(true class))")
+    for col in ("test image", "true", "p(true)", "predicted", "p(predicted)", "loss"):
+        table.add_column(col, justify="left" if col in ("true", "predicted") else "right")
+    for w in worst:
+        table.add_row(f"#{w.index}", w.true, f"{w.p_true:.1%}", w.predicted, f"{w.p_predicted:.1%}", f"{w.loss:.3f}")
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- predict

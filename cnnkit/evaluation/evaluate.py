@@ -22,6 +22,7 @@ from cnnkit.device import Runtime
 from cnnkit.errors import ConfigError, RunError
 from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
 from cnnkit.reports.plots import draw_figure
+from cnnkit.inspection.worst import WorstImage, worst_images, write_worst
 from cnnkit.tasks import Task
 from cnnkit.training import distributed
 from cnnkit.training.checkpoint import model_from_checkpoint
@@ -144,6 +145,7 @@ class CheckpointEval:
     task: Task
     tta: TTAResult | None = None
     plots: list[Path] = field(default_factory=list)  # pictures written beside the checkpoint
+    worst: list[WorstImage] = field(default_factory=list)  # with --worst K: the K highest-loss test images
     warnings: list[str] = field(default_factory=list)  # e.g. a picture that could not be written
 
     @property
@@ -163,6 +165,8 @@ class CheckpointEval:
         if self.tta is not None:
             data.update(tta_accuracy=self.tta.accuracy, tta_loss=self.tta.loss, tta_views=self.tta.views,
                         tta_mode=self.tta.mode)
+        if self.worst:
+            data["worst"] = [w.to_dict() for w in self.worst]
         if self.plots:
             data["plots"] = [str(p) for p in self.plots]
         return data
@@ -170,18 +174,21 @@ class CheckpointEval:
 
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
                         batch_size: int | None = None, tta: bool = False, tta_shift: bool = False,
-                        tta_mode: str | None = None, plots_dir: str | Path | None = None) -> CheckpointEval:
+                        tta_mode: str | None = None, plots_dir: str | Path | None = None,
+                        worst: int = 0) -> CheckpointEval:
     """Evaluate a checkpoint on its test set; with `plots_dir`, also draw confusion.png / edges.png there.
 
     `tta` alone uses the run's own TTA mode (its train.tta, or flip when it had none), so that eval
     reproduces the TTA figure the run printed; `tta_shift` is mode flip_shift and `tta_mode` names
     any mode of TTA_MODES (either implies `tta`). A picture that cannot be written is a warning, not
-    a failure: the numbers are what the user asked for.
+    a failure: the numbers are what the user asked for. `worst` > 0 also finds that many
+    highest-loss test images (and draws worst.png in `plots_dir`).
     """
     tta_mode = tta_mode or ("flip_shift" if tta_shift else None)
     if tta_mode is not None and tta_mode not in TTA_MODES:
         raise ConfigError(f"--tta-mode {tta_mode}: unknown; choose one of: {', '.join(TTA_MODES)}")
-    loaded = model_from_checkpoint(path, device, refuse=("tta",) if tta_mode or tta else ())
+    refuse = (("tta",) if tta_mode or tta else ()) + (("worst",) if worst else ())
+    loaded = model_from_checkpoint(path, device, refuse=refuse)
     config, task, runtime = loaded.config, loaded.task, loaded.runtime
     if tta and tta_mode is None:
         tta_mode = config.train.tta if config.train.tta != "none" else "flip"
@@ -204,11 +211,20 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
         views = tta_views(tta_mode, config.data.pad_mode)
         averaged = measure(views)
         report.tta = TTAResult(list(views), averaged.accuracy, averaged.loss, result.accuracy, tta_mode)
+    if worst:
+        report.worst = worst_images(loaded.model, test, runtime=runtime, classes=classes, k=worst,
+                                    batch_size=batch_size or config.train.eval_batch_size,
+                                    inputs=lambda x: task.inputs(x, prepared.mean, prepared.std,
+                                                                 runtime.memory_format))
     if plots_dir is not None:
         try:
             figure = task.figure(result, classes, report.kernel, report.title, loaded.model, test, prepared.mean,
                                  prepared.std)
             report.plots.append(draw_figure(figure, Path(plots_dir)))
+            if report.worst:
+                title = (f"{report.title}: the {len(report.worst)} test images with the highest loss, worst first; "
+                         "#: index in the test split; p: the probability given to each class")
+                report.plots.append(write_worst(test, report.worst, Path(plots_dir) / "worst.png", title))
         except RunError as exc:
             report.warnings.append(f"{exc}; the numbers above are unaffected")
     return report

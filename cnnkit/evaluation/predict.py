@@ -22,7 +22,7 @@ from cnnkit.build import input_shape
 from cnnkit.data import normalize, to_grayscale
 from cnnkit.device import Runtime
 from cnnkit.errors import CheckpointError, one_line
-from cnnkit.training.checkpoint import model_from_checkpoint
+from cnnkit.training.checkpoint import LoadedModel, model_from_checkpoint
 
 BATCH = 256
 
@@ -90,7 +90,11 @@ class Classifier:
 
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    loaded = model_from_checkpoint(path, device, refuse=("predict",))
+    return classifier_from(model_from_checkpoint(path, device, refuse=("predict",)))
+
+
+def classifier_from(loaded: LoadedModel) -> Classifier:
+    """A loaded classifier checkpoint with the class names and mean/std its pictures need."""
     config, path = loaded.config, loaded.path
     if not loaded.classes:
         raise CheckpointError(f"{path}: the checkpoint has no class names; retrain it with `cnnkit train`")
