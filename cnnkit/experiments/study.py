@@ -65,11 +65,23 @@ def open_storage(url: str | None, folder: Path):
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
     try:
         # Wrapped as create_study would wrap it, so this process reads and writes through one object.
-        return opt.storages.get_storage(opt.storages.RDBStorage(url, engine_kwargs=engine))
+        return opt.storages.get_storage(opt.storages.RDBStorage(_with_driver(url), engine_kwargs=engine))
     except Exception as exc:  # sqlalchemy raises many kinds (bad URL, refused, auth, missing driver)
         raise ConfigError(f"--storage {mask_url(url)}: cannot open it ({one_line(exc)[:300]}); check the URL, "
                           "that the server is up and reachable, and that its driver is installed "
-                          "(PostgreSQL: pip install psycopg2-binary)") from None
+                          "(PostgreSQL: pip install 'cnnkit[postgres]', i.e. psycopg2-binary)") from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql://... with the driver that is installed: SQLAlchemy 2.1 assumes psycopg 3, cnnkit's
+    `postgres` extra installs psycopg2; a URL that names its driver (postgresql+x://) is left alone."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
 
 
 # ---------------------------------------------------------------------------------------- samplers, pruners

@@ -70,23 +70,31 @@ def cores() -> int:
 def worker_main(job: Job, events) -> None:
     """A worker process: claim, run, tell, until no trial waits or a stop signal came."""
     _die_with_parent()
-    stop: dict = {"signum": None}
-
-    def handler(signum, frame):
-        stop["signum"] = signum
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+        signal.signal(sig, _on_signal)
     storage = studies.open_storage(job.storage, Path(job.folder))
     study = studies.optuna().load_study(
         study_name=job.study, storage=storage, pruner=studies.make_pruner(job.pruner, job.startup_trials),
         sampler=studies.make_sampler(job.kind, job.seed, job.startup_trials, job.index))
-    while stop["signum"] is None:
+    while _STATE["signum"] is None:
         trial = studies.claim(study, storage)
         if trial is None:
             break
         if not run_trial(job, study, storage, trial, events):
             break
+
+
+# A worker's stop signal: between trials it only ends the loop; inside one (setting up, the final test)
+# it interrupts at once. During the epochs fit's own handler takes over and stops at the next step.
+_STATE: dict = {"signum": None, "busy": False}
+
+
+def _on_signal(signum, frame) -> None:
+    _STATE["signum"] = signum
+    if _STATE["busy"]:
+        _STATE["busy"] = False
+        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        raise Interrupted(f"{name} while the run was starting or finishing", 130 if name == "SIGINT" else 143)
 
 
 def _die_with_parent() -> None:
@@ -125,6 +133,7 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
     trial.set_user_attr("cell", cell)
     trial.set_user_attr("worker", studies.worker_identity())
     events.put({"kind": "trial_start", "cell": cell, "number": trial.number, "worker": job.index})
+    _STATE["busy"] = True
     try:
         overrides = trial_overrides(job, trial)
         config = cell_config(job.config, job.overrides, overrides, flag="trial")
@@ -134,12 +143,14 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
         result = fit(config, data_root=job.data_root, run_name=cell, overwrite=True,
                      report=_Reporter(trial, prune=job.kind == "tune"))
     except Pruned as exc:
+        _STATE["busy"] = False
         trial.set_user_attr("pruned", str(exc))
         study.tell(trial, state=opt.trial.TrialState.PRUNED)
         events.put({"kind": "trial_end", "cell": cell, "number": trial.number, "state": "pruned",
                     "line": str(exc)})
         return True
     except (Interrupted, KeyboardInterrupt) as exc:
+        _STATE["busy"] = False
         reason = one_line(exc) if isinstance(exc, Interrupted) else "KeyboardInterrupt"
         frozen = storage.get_trial(_trial_id(study, storage, trial))
         studies.requeue(study, storage, frozen, f"interrupted: {reason}")
@@ -147,6 +158,7 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
                     "line": "interrupted; planned again"})
         return False
     except Exception as exc:  # a failed cell is recorded with its reason, and the sweep goes on
+        _STATE["busy"] = False
         reason = one_line(exc)
         if not isinstance(exc, CnnkitError):
             reason = f"{type(exc).__name__}: {reason}"
@@ -154,15 +166,17 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
         study.tell(trial, state=opt.trial.TrialState.FAIL)
         events.put({"kind": "trial_end", "cell": cell, "number": trial.number, "state": "failed", "line": reason})
         return True
+    _STATE["busy"] = False  # from here on a signal waits for the trial to be recorded
     metrics, epochs = result_metrics(result)
     trial.set_user_attr("result", metrics)
     trial.set_user_attr("epochs", epochs)
     trial.set_user_attr("run_dir", str(result.run_dir))
-    # The run folder's own record that it finished (the study holds the same).
-    atomic_write_text(result.run_dir / RESULT, json.dumps({"trial": trial.number, "params": trial.params,
-                                                           "metrics": metrics}, indent=2) + "\n")
+    # Without a validation split the value is the last epoch's train accuracy: never the test set's.
     value = metrics.get("best_val", metrics.get("final_train_acc", 0.0))
     study.tell(trial, value)
+    # The run folder's own record that it finished, written after the study knows (so it never claims more).
+    atomic_write_text(result.run_dir / RESULT, json.dumps({"trial": trial.number, "params": trial.params,
+                                                           "metrics": metrics}, indent=2) + "\n")
     events.put({"kind": "trial_end", "cell": cell, "number": trial.number, "state": "complete",
                 "metrics": metrics})
     return True
