@@ -213,6 +213,8 @@ def test_sweep_interrupted_then_resumed_redoes_only_the_missing_cells(tmp_path: 
     assert (folder / "summary.csv").read_text().count("\n") == 3
     shown = runner.invoke(app, ["sweep", "show", str(folder), "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["settings"] == summary["settings"]
+    drawn = runner.invoke(app, ["plot", str(folder)])
+    assert drawn.exit_code == 0 and (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", drawn.output
 
 
 def test_trials_of_a_dead_worker_are_planned_again_with_their_values_and_folder(tmp_path: Path):

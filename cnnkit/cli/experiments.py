@@ -22,8 +22,9 @@ DataRootOpt = typer.Option(None, "--data-root", help="CIFAR-10 folder (beats CNN
 StorageOpt = typer.Option(None, "--storage", help="Optuna storage URL (postgresql://..., sqlite:///...) or a "
                           "journal file; default: a journal file in runs/NAME/. Several machines given one "
                           "URL share the study.")
-WorkersOpt = typer.Option(1, "--workers", "-w", help="Worker processes on this machine; the cores are split "
-                          "between them (train.threads, unless the config sets it).")
+WorkersOpt = typer.Option(None, "--workers", "-w", help="Worker processes on this machine; the cores are split "
+                          "between them (train.threads, unless the config sets it). Default: one per core on "
+                          "the CPU (at most 8), one on a GPU.")
 
 
 def _need_config(ctx: typer.Context, config: Optional[Path], command: str) -> Path | None:
@@ -46,7 +47,7 @@ def sweep_cmd(
     grid: Optional[list[str]] = typer.Option(None, "--grid", "-g", help="KEY=V1,V2,... (repeatable; the "
                                              "product of all is swept). None: the config as it is, over seeds."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="How many seeds (5: seeds 0-4) or which (0,3,7)."),
-    workers: int = WorkersOpt,
+    workers: Optional[int] = WorkersOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Folder under output.dir (default: from the config "
                                        "and the grid, so the same command resumes)."),
     set_: Optional[list[str]] = SetOpt,
@@ -67,7 +68,7 @@ def sweep_cmd(
     from cnnkit.experiments.sweep import prepare, run_sweep
 
     job, plan = prepare(config, list(grid or []), seeds, list(set_ or []), name, storage, data_root, workers)
-    summary = run_sweep(job, plan, workers, _Progress(), at_epoch=at_epoch)
+    summary = run_sweep(job, plan, _Progress(), at_epoch=at_epoch)
     if as_json:
         return _print_json(summary.to_dict())
     render_sweep(summary)
@@ -171,7 +172,7 @@ def tune_cmd(
     config: Optional[Path] = ConfigOpt,
     space: Optional[Path] = typer.Option(None, "--space", help="SPACE.yaml: config keys → distributions."),
     trials: int = typer.Option(20, "--trials", "-n", help="Trials in the study (all workers together)."),
-    workers: int = WorkersOpt,
+    workers: Optional[int] = WorkersOpt,
     study: Optional[str] = typer.Option(None, "--study", "--name", help="Study and folder name (default: from "
                                         "the config and space, so the same command resumes)."),
     storage: Optional[str] = StorageOpt,
@@ -196,7 +197,7 @@ def tune_cmd(
 
     job, plan = prepare(config, space, list(set_ or []), trials, study, storage, pruner, startup_trials, seed,
                         data_root, workers)
-    result = run_tune(job, plan, workers, _Progress())
+    result = run_tune(job, plan, _Progress())
     if as_json:
         return _print_json(result.to_dict())
     render_tune(result)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnkit.config import load_config
-from cnnkit.errors import ConfigError, RunError
+from cnnkit.errors import RunError
 from cnnkit.experiments import study as studies
 from cnnkit.experiments.aggregate import CellResult, SweepSummary, summarize, summary_csv
 from cnnkit.experiments.grid import SEED_KEY, Axis, cells, parse_grid, parse_seeds, validate_cells
-from cnnkit.experiments.workers import Job, cores, execute
+from cnnkit.experiments.workers import Job, execute, split_cores
 from cnnkit.fileio import atomic_write_text
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
@@ -30,10 +30,8 @@ def default_name(config: str | Path, overrides: list[str], axes: list[Axis], see
 
 
 def prepare(config: str | Path, grid: list[str], seeds: str, overrides: list[str], name: str | None,
-            storage: str | None, data_root: str | None, workers: int) -> tuple[Job, dict]:
+            storage: str | None, data_root: str | None, workers: int | None) -> tuple[Job, dict]:
     """Parse and validate the whole grid (every cell's config, model and optimiser groups) first."""
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
     axes, seed_list = parse_grid(grid), parse_seeds(seeds)
     plan_cells = cells(axes, seed_list)
     configs = validate_cells(config, overrides, plan_cells)
@@ -44,15 +42,14 @@ def prepare(config: str | Path, grid: list[str], seeds: str, overrides: list[str
     base_dict["output"] = {}
     plan = {"kind": "sweep", "config": base_dict, "axes": [[a.key, list(a.values)] for a in axes],
             "seeds": seed_list, "has_val": configs[0].data.val_split > 0}
-    threads = max(1, cores() // workers) if base.train.threads is None else None
+    workers, threads = split_cores(base, workers)
     choices = {**{a.key: list(a.values) for a in axes}, SEED_KEY: [str(s) for s in seed_list]}
     return Job("sweep", str(folder), name, storage, str(config), list(overrides), data_root, threads,
-               choices=choices), plan
+               choices=choices, workers=workers), plan
 
 
-def run_sweep(job: Job, plan: dict, workers: int, report: Callable[[dict], None],
-              at_epoch: int | None = None) -> SweepSummary:
-    """Run the cells not yet finished in `workers` processes; summarise and write summary.json/.csv."""
+def run_sweep(job: Job, plan: dict, report: Callable[[dict], None], at_epoch: int | None = None) -> SweepSummary:
+    """Run the cells not yet finished in the job's worker processes; summarise, write summary.json/.csv."""
     planned = cells([Axis(k, tuple(v)) for k, v in plan["axes"]], plan["seeds"])
 
     def top_up(study, existing: list) -> None:
@@ -61,7 +58,7 @@ def run_sweep(job: Job, plan: dict, workers: int, report: Callable[[dict], None]
             if cell.name not in have:
                 study.enqueue_trial(cell.params, user_attrs={"cell": cell.name, "fixed": cell.params})
 
-    execute(job, plan, workers, top_up, report)
+    execute(job, plan, top_up, report)
     return show(job.folder, job.storage, at_epoch=at_epoch, write=True)
 
 

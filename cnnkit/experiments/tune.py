@@ -19,7 +19,7 @@ from cnnkit.experiments import study as studies
 from cnnkit.experiments.grid import cell_config, check_buildable, value_text
 from cnnkit.experiments.space import read_space, validate_space
 from cnnkit.experiments.study import make_pruner
-from cnnkit.experiments.workers import Job, cores, execute
+from cnnkit.experiments.workers import Job, execute, split_cores
 from cnnkit.fileio import atomic_write_text
 
 BEST = "best.yaml"
@@ -47,12 +47,10 @@ def default_name(config: str | Path, overrides: list[str], space_raw: dict) -> s
 
 def prepare(config: str | Path, space_path: str | Path, overrides: list[str], trials: int, name: str | None,
             storage: str | None, pruner: str, startup_trials: int, seed: int | None,
-            data_root: str | None, workers: int) -> tuple[Job, dict]:
+            data_root: str | None, workers: int | None) -> tuple[Job, dict]:
     """Everything checked before anything starts: config, space, pruner, storage. The job and the plan."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: must be at least 1")
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
     base = load_config(config, overrides)
     if base.data.val_split == 0:
         raise ConfigError(f"{config}: a search selects on validation accuracy, and this config has no validation "
@@ -64,9 +62,9 @@ def prepare(config: str | Path, space_path: str | Path, overrides: list[str], tr
     name = name or default_name(config, overrides, raw)
     folder = Path(base.output.dir).expanduser() / name
     plan = {"kind": "tune", "config": _plan_config(base), "space": raw, "trials": trials}
-    threads = max(1, cores() // workers) if base.train.threads is None else None
+    workers, threads = split_cores(base, workers)
     job = Job("tune", str(folder), name, storage, str(config), list(overrides), data_root=data_root,
-              threads=threads, space=raw, pruner=pruner, startup_trials=startup_trials, seed=seed)
+              threads=threads, space=raw, pruner=pruner, startup_trials=startup_trials, seed=seed, workers=workers)
     return job, plan
 
 
@@ -76,8 +74,8 @@ def _plan_config(config: Config) -> dict:
     return data
 
 
-def run_tune(job: Job, plan: dict, workers: int, report: Callable[[dict], None]) -> TuneResult:
-    """Plan the trials (or find them planned), run them in `workers` processes, write best.yaml."""
+def run_tune(job: Job, plan: dict, report: Callable[[dict], None]) -> TuneResult:
+    """Plan the trials (or find them planned), run them in the job's worker processes, write best.yaml."""
     folder = Path(job.folder)
 
     def top_up(study, existing: list) -> None:
@@ -85,7 +83,7 @@ def run_tune(job: Job, plan: dict, workers: int, report: Callable[[dict], None])
         for _ in range(plan["trials"] - len(counted)):
             study.enqueue_trial({}, user_attrs={"fixed": {}})
 
-    execute(job, plan, workers, top_up, report)
+    execute(job, plan, top_up, report)
     return show(folder, job.storage, write_best=True)
 
 
