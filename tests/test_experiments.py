@@ -438,3 +438,33 @@ def test_two_commands_share_a_study_in_postgresql(tmp_path: Path, postgres_url: 
         assert _wait(proc, log) == 0, log.read_text()
     assert "study.journal" not in {p.name for p in (tmp_path / "runs" / "pg").iterdir()}
     _check_tune_result(tmp_path, "pg", 4, storage=postgres_url)
+
+
+def test_a_search_at_an_epoch_stops_each_trial_there_and_scores_it_then(tmp_path: Path, one_torch_thread):
+    from cnnkit.experiments import study as studies
+    from cnnkit.experiments.tune import prepare, show
+    from cnnkit.experiments.workers import run_trial
+
+    config = _tiny_config(tmp_path, epochs=4)
+    space = _space(tmp_path, "optim.lr: {type: categorical, choices: [0.003]}\n")
+    job, plan = prepare(config, space, [], 1, "at", None, "none", 1, 0, None, 1, at_epoch=2)
+    # The trial runs the config as planned: editing the file afterwards changes nothing.
+    config.write_text(config.read_text().replace("epochs: 4", "epochs: 1"))
+    storage = studies.open_storage(None, Path(job.folder))
+    study, _ = studies.open_study(storage, job.study, plan)
+    studies.Experiment("tune", job.study, None, str(config), [], plan).write(Path(job.folder))
+    study.enqueue_trial({}, user_attrs={"fixed": {}})
+
+    class Events(list):
+        put = list.append
+
+    assert run_trial(job, study, storage, studies.claim(study, storage), Events()) is True
+    run = Path(job.folder) / "trial-0000"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # of 4 planned: the schedule is the 4-epoch one
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == rows[1]["val_acc"]
+    result = show(job.folder, write_best=True)
+    assert result.trials[0]["reason"] == "stopped after epoch 2 (--at-epoch)"
+    assert "epochs: 4" in (Path(job.folder) / "best.yaml").read_text()

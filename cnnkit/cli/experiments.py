@@ -180,6 +180,8 @@ def tune_cmd(
     startup_trials: int = typer.Option(5, "--startup-trials", help="Trials that finish before the pruner "
                                        "judges and TPE models (random until then)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="The sampler's seed (per worker: seed + index)."),
+    at_epoch: Optional[int] = typer.Option(None, "--at-epoch", help="Optimise val accuracy at this epoch of the "
+                                           "configured schedule (not the best over the run); trials stop there."),
     set_: Optional[list[str]] = SetOpt,
     data_root: Optional[str] = DataRootOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the trials as JSON at the end."),
@@ -196,7 +198,7 @@ def tune_cmd(
     from cnnkit.experiments.tune import prepare, run_tune
 
     job, plan = prepare(config, space, list(set_ or []), trials, study, storage, pruner, startup_trials, seed,
-                        data_root, workers)
+                        data_root, workers, at_epoch)
     result = run_tune(job, plan, _Progress())
     if as_json:
         return _print_json(result.to_dict())
@@ -221,8 +223,9 @@ def tune_show_cmd(
 
 def render_tune(result) -> None:
     keys = list(result.space or {}) or sorted({k for r in result.trials for k in r["params"]})
-    table = Table(title=f"search {result.study}: {len(result.trials)} of {result.planned} trials "
-                  "(value: best val acc, %)")
+    at = (result.plan or {}).get("at_epoch")
+    what = f"val acc at epoch {at}" if at else "best val acc"
+    table = Table(title=f"search {result.study}: {len(result.trials)} of {result.planned} trials (value: {what}, %)")
     for col in ("trial", "state", *keys, "value", "epochs", "note"):
         table.add_column(col, justify="left" if col in ("state", "note") else "right", overflow="fold")
     best = result.best["number"] if result.best else None
@@ -236,7 +239,7 @@ def render_tune(result) -> None:
         print("no trial has finished yet")
         return
     b = result.best
-    best_table = Table(title=f"best trial: {b['number']} (best val acc {100 * b['value']:.2f}%)")
+    best_table = Table(title=f"best trial: {b['number']} ({what} {100 * b['value']:.2f}%)")
     best_table.add_column("key")
     best_table.add_column("value", justify="right")
     for k, v in b["params"].items():

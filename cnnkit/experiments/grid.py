@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from cnnkit.config import Config, load_config
+from cnnkit.config import Config, apply_overrides, load_config
 from cnnkit.errors import CnnkitError, ConfigError, one_line
 
 SEED_KEY = "train.seed"
@@ -170,6 +170,19 @@ def cell_config(config: str | Path, overrides: list[str], cell_overrides: list[s
             if message.startswith(f"--set {text}:"):
                 message = f"{flag} {text}:" + message[len(f"--set {text}:"):]
         raise ConfigError(message) from None
+    return cfg
+
+
+def planned_config(base: dict, cell_overrides: list[str], output_dir: str | Path, flag: str) -> Config:
+    """A trial's config from the plan's resolved base (the config file with --set, as it was when the
+    experiment was planned) and the trial's values: a file edited since cannot change what runs."""
+    import copy
+
+    try:
+        cfg = apply_overrides(copy.deepcopy(base), cell_overrides, "the experiment's planned config")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--set ", f"{flag} ", 1)) from None
+    cfg.output.dir = str(output_dir)
     return cfg
 
 

@@ -45,7 +45,7 @@ def prepare(config: str | Path, grid: list[str], seeds: str, overrides: list[str
     workers, threads = split_cores(base, workers)
     choices = {**{a.key: list(a.values) for a in axes}, SEED_KEY: [str(s) for s in seed_list]}
     return Job("sweep", str(folder), name, storage, str(config), list(overrides), data_root, threads,
-               choices=choices, workers=workers), plan
+               choices=choices, workers=workers, base=base_dict), plan
 
 
 def run_sweep(job: Job, plan: dict, report: Callable[[dict], None], at_epoch: int | None = None) -> SweepSummary:

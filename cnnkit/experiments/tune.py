@@ -16,7 +16,7 @@ from pathlib import Path
 from cnnkit.config import Config, load_config
 from cnnkit.errors import ConfigError, RunError
 from cnnkit.experiments import study as studies
-from cnnkit.experiments.grid import cell_config, check_buildable, value_text
+from cnnkit.experiments.grid import check_buildable, planned_config, value_text
 from cnnkit.experiments.space import read_space, validate_space
 from cnnkit.experiments.study import make_pruner
 from cnnkit.experiments.workers import Job, execute, split_cores
@@ -33,21 +33,23 @@ class TuneResult:
     best: dict | None  # the best complete trial, with its config's path
     planned: int
     space: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"folder": str(self.folder), "study": self.study, "planned": self.planned, "space": self.space,
-                "best": self.best, "trials": self.trials}
+                "at_epoch": self.plan.get("at_epoch"), "best": self.best, "trials": self.trials}
 
 
-def default_name(config: str | Path, overrides: list[str], space_raw: dict) -> str:
+def default_name(config: str | Path, overrides: list[str], space_raw: dict, at_epoch: int | None = None) -> str:
     """The same command, the same study (so running it again resumes it)."""
-    digest = hashlib.sha1(json.dumps([str(config), overrides, space_raw], sort_keys=True, default=str).encode())
+    digest = hashlib.sha1(json.dumps([str(config), overrides, space_raw, at_epoch], sort_keys=True,
+                                     default=str).encode())
     return f"{Path(config).stem}-tune-{digest.hexdigest()[:6]}"
 
 
 def prepare(config: str | Path, space_path: str | Path, overrides: list[str], trials: int, name: str | None,
             storage: str | None, pruner: str, startup_trials: int, seed: int | None,
-            data_root: str | None, workers: int | None) -> tuple[Job, dict]:
+            data_root: str | None, workers: int | None, at_epoch: int | None = None) -> tuple[Job, dict]:
     """Everything checked before anything starts: config, space, pruner, storage. The job and the plan."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: must be at least 1")
@@ -59,12 +61,15 @@ def prepare(config: str | Path, space_path: str | Path, overrides: list[str], tr
     space, raw = read_space(space_path)
     validate_space(space, config, overrides, str(space_path))
     make_pruner(pruner, startup_trials)
-    name = name or default_name(config, overrides, raw)
+    if at_epoch is not None and not 1 <= at_epoch <= base.train.epochs:
+        raise ConfigError(f"--at-epoch {at_epoch}: must be between 1 and train.epochs ({base.train.epochs})")
+    name = name or default_name(config, overrides, raw, at_epoch)
     folder = Path(base.output.dir).expanduser() / name
-    plan = {"kind": "tune", "config": _plan_config(base), "space": raw, "trials": trials}
+    plan = {"kind": "tune", "config": _plan_config(base), "space": raw, "trials": trials, "at_epoch": at_epoch}
     workers, threads = split_cores(base, workers)
     job = Job("tune", str(folder), name, storage, str(config), list(overrides), data_root=data_root,
-              threads=threads, space=raw, pruner=pruner, startup_trials=startup_trials, seed=seed, workers=workers)
+              threads=threads, space=raw, pruner=pruner, startup_trials=startup_trials, seed=seed, workers=workers,
+              at_epoch=at_epoch, base=plan["config"])
     return job, plan
 
 
@@ -93,7 +98,7 @@ def trial_rows(study) -> list[dict]:
         if not studies.counts_toward_plan(t):
             continue
         state = t.state.name.lower()
-        reason = t.user_attrs.get("error") or t.user_attrs.get("pruned")
+        reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or t.user_attrs.get("stopped")
         rows.append({"number": t.number, "state": state, "cell": t.user_attrs.get("cell"),
                      "params": dict(t.params) or dict(t.user_attrs.get("fixed") or {}),
                      "value": t.value if t.value is not None else (
@@ -122,17 +127,17 @@ def show(folder: str | Path, storage_url: str | None = None, write_best: bool = 
         best = {**top, "config": str(folder / BEST)}
         if write_best:
             write_best_config(folder, exp, top["params"])
-    return TuneResult(folder, exp.study, rows, best, int(exp.plan.get("trials", len(rows))), exp.plan.get("space"))
+    return TuneResult(folder, exp.study, rows, best, int(exp.plan.get("trials", len(rows))), exp.plan.get("space"),
+                      exp.plan)
 
 
 def write_best_config(folder: Path, exp, params: dict) -> Path:
     """The base config with the best trial's values, as YAML for `cnnkit train --config`."""
     overrides = [f"{k}={v if isinstance(v, str) else value_text(v)}" for k, v in params.items()]
     try:
-        config = cell_config(exp.config, exp.overrides, overrides, flag="best trial")
+        config = planned_config(exp.plan["config"], overrides, folder.parent, flag="best trial")
     except ConfigError as exc:
-        raise RunError(f"{folder / BEST}: cannot rebuild the best trial's config from {exp.config} ({exc}); "
-                       "was the config file changed?") from None
+        raise RunError(f"{folder / BEST}: cannot rebuild the best trial's config ({exc})") from None
     config.output.name = f"{folder.name}-best"
     header = (f"# The best trial of the search in {folder} ({', '.join(overrides)}), on {exp.config}"
               f"{' with --set ' + ' '.join(exp.overrides) if exp.overrides else ''}.\n"

@@ -29,6 +29,10 @@ STOP_GRACE_S = 15.0  # after a stop signal, a worker still running this long is 
 RESULT = "result.json"  # in a finished trial's run folder
 
 
+class Reached(Exception):
+    """Raised from a search trial's report at `--at-epoch`: its objective is known, the rest is not needed."""
+
+
 class Pruned(Exception):
     """Raised from a run's per-epoch report when the study's pruner stops the trial."""
 
@@ -55,6 +59,8 @@ class Job:
     startup_trials: int = 5
     seed: int | None = None  # the sampler's seed (each worker adds its index)
     workers: int = 1  # worker processes this command starts
+    at_epoch: int | None = None  # tune: the objective is val accuracy at this epoch; trials stop there
+    base: dict = field(default_factory=dict)  # the planned config (file + --set, resolved when planned)
     index: int = 0
 
 
@@ -146,7 +152,7 @@ def trial_overrides(job: Job, trial) -> list[str]:
 
 def run_trial(job: Job, study, storage, trial, events) -> bool:
     """Train one trial and tell the study how it ended; False when the worker must stop."""
-    from cnnkit.experiments.grid import cell_config
+    from cnnkit.experiments.grid import planned_config
     from cnnkit.training.fit import fit
 
     opt = studies.optuna()
@@ -157,12 +163,14 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
     _STATE["busy"] = True
     try:
         overrides = trial_overrides(job, trial)
-        config = cell_config(job.config, job.overrides, overrides, flag="trial")
+        config = planned_config(job.base, overrides, job.folder, flag="trial")
         if job.threads is not None and config.train.threads is None:
             config.train.threads = job.threads
-        config.output.dir = job.folder
         result = fit(config, data_root=job.data_root, run_name=cell, overwrite=True,
-                     report=_Reporter(trial, prune=job.kind == "tune"))
+                     report=_Reporter(trial, prune=job.kind == "tune", stop_at=job.at_epoch))
+    except Reached:
+        _STATE["busy"] = False
+        return _tell_reached(job, study, trial, cell, events)
     except Pruned as exc:
         _STATE["busy"] = False
         trial.set_user_attr("pruned", str(exc))
@@ -203,6 +211,24 @@ def run_trial(job: Job, study, storage, trial, events) -> bool:
     return True
 
 
+def _tell_reached(job: Job, study, trial, cell: str, events) -> bool:
+    """A search trial stopped at --at-epoch: its value is that epoch's val accuracy (metrics.jsonl)."""
+    from cnnkit.reports.runs import read_metrics
+
+    rows = read_metrics(Path(job.folder) / cell / "metrics.jsonl")
+    keep = ("epoch", "train_loss", "train_acc", "val_acc", "test_acc", "epoch_s")
+    epochs = [{k: r[k] for k in keep if k in r} for r in rows]
+    value = rows[-1]["val_acc"]
+    metrics = {f"val_acc@{job.at_epoch}": value, "train_s": sum(r.get("epoch_s", 0.0) for r in rows)}
+    trial.set_user_attr("result", metrics)
+    trial.set_user_attr("epochs", epochs)
+    trial.set_user_attr("stopped", f"stopped after epoch {job.at_epoch} (--at-epoch)")
+    study.tell(trial, value)
+    events.put({"kind": "trial_end", "cell": cell, "number": trial.number, "state": "complete",
+                "line": f"val acc at epoch {job.at_epoch}: {100 * value:.2f}%"})
+    return True
+
+
 def _trial_id(study, storage, trial) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
                                                            trial.number)
@@ -211,13 +237,15 @@ def _trial_id(study, storage, trial) -> int:
 class _Reporter:
     """fit's progress events → the trial: each epoch's val accuracy reported, the pruner consulted."""
 
-    def __init__(self, trial, prune: bool):
-        self.trial, self.prune = trial, prune
+    def __init__(self, trial, prune: bool, stop_at: int | None = None):
+        self.trial, self.prune, self.stop_at = trial, prune, stop_at
 
     def __call__(self, event: dict) -> None:
         if event["kind"] != "epoch" or not isinstance(event.get("val_acc"), float):
             return
         self.trial.report(event["val_acc"], event["epoch"])
+        if self.stop_at is not None and event["epoch"] >= self.stop_at:
+            raise Reached()
         if self.prune and self.trial.should_prune():
             raise Pruned(event["epoch"], event["val_acc"])
 
