@@ -304,7 +304,7 @@ def test_a_trial_behind_the_median_is_pruned_and_recorded_so(tmp_path: Path, one
     assert run_trial(job, study, storage, trial, events) is True
     frozen = study.trials[-1]
     assert frozen.state == optuna.trial.TrialState.PRUNED
-    assert frozen.user_attrs["pruned"].startswith("pruned after epoch 1")
+    assert frozen.user_attrs["pruned"].startswith("pruned after epoch 1 (val ")
     assert events[-1]["state"] == "pruned"
     assert len((Path(job.folder) / "trial-0002" / "metrics.jsonl").read_text().splitlines()) == 1
     rows = show(job.folder).trials
@@ -466,5 +466,5 @@ def test_a_search_at_an_epoch_stops_each_trial_there_and_scores_it_then(tmp_path
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == rows[1]["val_acc"]
     result = show(job.folder, write_best=True)
-    assert result.trials[0]["reason"] == "stopped after epoch 2 (--at-epoch)"
+    assert result.trials[0]["value"] == rows[1]["val_acc"] and result.to_dict()["at_epoch"] == 2
     assert "epochs: 4" in (Path(job.folder) / "best.yaml").read_text()

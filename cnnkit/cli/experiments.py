@@ -224,9 +224,12 @@ def tune_show_cmd(
 def render_tune(result) -> None:
     keys = list(result.space or {}) or sorted({k for r in result.trials for k in r["params"]})
     at = (result.plan or {}).get("at_epoch")
-    what = f"val acc at epoch {at}" if at else "best val acc"
-    table = Table(title=f"search {result.study}: {len(result.trials)} of {result.planned} trials (value: {what}, %)")
-    for col in ("trial", "state", *keys, "value", "epochs", "note"):
+    what = f"val acc at epoch {at}, where each trial stopped" if at else "best val acc"
+    done = sum(r["state"] in ("complete", "pruned", "fail") for r in result.trials)
+    table = Table(title=f"search {result.study}: {done} of {result.planned} trials finished (value: {what}, %)")
+    short = [k.rpartition(".")[2] for k in keys]
+    headers = [h if short.count(h) == 1 else k for h, k in zip(short, keys, strict=True)]
+    for col in ("trial", "state", *headers, "value", "epochs", "note"):
         table.add_column(col, justify="left" if col in ("state", "note") else "right", overflow="fold")
     best = result.best["number"] if result.best else None
     for r in result.trials:
@@ -239,7 +242,7 @@ def render_tune(result) -> None:
         print("no trial has finished yet")
         return
     b = result.best
-    best_table = Table(title=f"best trial: {b['number']} ({what} {100 * b['value']:.2f}%)")
+    best_table = Table(title=f"best trial: {b['number']} ({what.split(',')[0]} {100 * b['value']:.2f}%)")
     best_table.add_column("key")
     best_table.add_column("value", justify="right")
     for k, v in b["params"].items():

@@ -98,7 +98,7 @@ def trial_rows(study) -> list[dict]:
         if not studies.counts_toward_plan(t):
             continue
         state = t.state.name.lower()
-        reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or t.user_attrs.get("stopped")
+        reason = t.user_attrs.get("error") or t.user_attrs.get("pruned")
         rows.append({"number": t.number, "state": state, "cell": t.user_attrs.get("cell"),
                      "params": dict(t.params) or dict(t.user_attrs.get("fixed") or {}),
                      "value": t.value if t.value is not None else (

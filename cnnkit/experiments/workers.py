@@ -37,7 +37,7 @@ class Pruned(Exception):
     """Raised from a run's per-epoch report when the study's pruner stops the trial."""
 
     def __init__(self, epoch: int, value: float):
-        super().__init__(f"pruned after epoch {epoch} (val acc {value:.4f})")
+        super().__init__(f"pruned after epoch {epoch} (val {value:.2%})")
         self.epoch, self.value = epoch, value
 
 
