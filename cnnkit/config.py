@@ -190,6 +190,9 @@ class TrainConfig(Section):
     # Under DDP, BatchNorm normalises over the global batch (torch's SyncBatchNorm on CUDA, cnnkit's
     # on the CPU) instead of each process's share. None = on under DDP when the model has BatchNorm.
     sync_bn: Optional[bool] = None
+    # Also write each epoch's scalars and, at the end, the hparams with the final metrics as TensorBoard
+    # events into the run folder (cnnkit.training.tensorboard; needs the tensorboard package).
+    tensorboard: bool = False
 
     @field_validator("device")
     @classmethod

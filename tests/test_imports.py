@@ -230,7 +230,8 @@ def test_evaluation_does_not_import_training():
     assert "cnnkit.training.fit" not in graph["cnnkit.evaluation.evaluate"]
 
 
-COMMANDS = ("models", "train", "eval", "predict", "look", "runs", "plot", "export", "data", "config", "shapes")
+COMMANDS = ("models", "train", "eval", "predict", "look", "runs", "plot", "export", "data", "config", "shapes", "sweep",
+            "tune")
 
 
 @pytest.mark.parametrize("entry", [["-m", "cnnkit"], ["-m", "cnnkit.cli"]])

@@ -16,6 +16,7 @@ from cnnkit.cli import results  # noqa: F401,E402  (eval, predict, runs, plot)
 from cnnkit.cli import look  # noqa: F401,E402  (look)
 from cnnkit.cli import export  # noqa: F401,E402  (export)
 from cnnkit.cli import data  # noqa: F401,E402  (data)
+from cnnkit.cli import experiments  # noqa: F401,E402  (sweep, tune)
 # isort: on
 
 

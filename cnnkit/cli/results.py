@@ -205,9 +205,17 @@ def plot_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: curves.png in the "
                                        "run folder; for several runs, compare-curves.png beside them)."),
 ):
-    """Draw training curves (loss, train accuracy, val/test accuracy per epoch) of one or more runs."""
+    """Draw training curves (loss, train accuracy, val/test accuracy per epoch) of one or more runs.
+
+    A sweep's folder (`cnnkit sweep`) gets its metrics against the swept values instead (sweep.png)."""
     from cnnkit.reports.curves import write_curves
 
+    if len(runs) == 1 and (runs[0] / "experiment.yaml").is_file():
+        from cnnkit.experiments.plot import write_sweep_plot
+        from cnnkit.experiments.sweep import show
+
+        print(f"wrote {write_sweep_plot(show(runs[0]), out or runs[0] / 'sweep.png')}")
+        return
     if out is None:
         out = _default_plot_path(runs)
     path = write_curves(runs, out)

@@ -21,8 +21,8 @@ from cnnkit.data import Split, prepare_test, to_device
 from cnnkit.device import Runtime
 from cnnkit.errors import ConfigError, RunError
 from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
-from cnnkit.reports.plots import draw_figure
 from cnnkit.inspection.worst import WorstImage, worst_images, write_worst
+from cnnkit.reports.plots import draw_figure
 from cnnkit.tasks import Task
 from cnnkit.training import distributed
 from cnnkit.training.checkpoint import model_from_checkpoint

@@ -38,6 +38,7 @@ from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_c
 from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.training.run_folder import choose_run_dir, record_final, write_metrics
 from cnnkit.training.state import TrainState, build_state
+from cnnkit.training.tensorboard import TensorBoardReport, require_tensorboard
 
 
 @dataclass
@@ -93,6 +94,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     if distributed.rank() != 0:
         report = lambda event: None  # noqa: E731  (only rank 0 talks)
     distributed.check_batch(config.train.batch_size)
+    if config.train.tensorboard:
+        require_tensorboard()  # before the data loads: a missing package fails in a second
     task = task_for(config)
     # The first optimiser imports torch._dynamo (~1 s); do that while the data loads.
     threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True).start()
@@ -104,6 +107,8 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
                         init_images=_init_images(config, task, prepared) if payload is None else None)
     if run.is_main:
         atomic_write_text(run.run_dir / "config.yaml", config.to_yaml())
+    if config.train.tensorboard and run.is_main:
+        report = run.report = TensorBoardReport(run.run_dir, config, state.optimizer, report)
     train, val, test = (to_device(s, runtime.device) for s in (prepared.train, prepared.val, prepared.test))
     report(_start_event(run, state))
     with stop_on_signals() as stop:
