@@ -23,6 +23,7 @@ from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.data import CIFAR10_CLASSES
 from cnnkit.data.datasets import stripes_image
+from cnnkit.errors import ShapeError
 from cnnkit.inspection.gradcam import grad_cam, spearman
 from cnnkit.inspection.look import look
 from cnnkit.models import MODELS, build_model
@@ -93,7 +94,7 @@ def test_look_errors_when_the_maps_differ_from_the_table(tmp_path, photos, monke
         return table
 
     monkeypatch.setattr(look_module, "trace_model", off)
-    with pytest.raises(Exception, match=r"layer 3: `cnnkit shapes` computes pool1 6×14×15 but the forward pass"):
+    with pytest.raises(ShapeError, match=r"layer 3: `cnnkit shapes` computes pool1 6×14×15 but the forward pass"):
         look(ckpt, photos[:1], out_dir=tmp_path / "out")
 
 
@@ -126,14 +127,14 @@ def as_inputs(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def patch_lenet() -> torch.nn.Module:
-    """lenet taught, in 50 Adam steps, that the class is the quadrant holding the bright patch."""
+    """lenet taught, in 40 Adam steps, that the class is the quadrant holding the bright patch."""
     torch.manual_seed(0)
-    images, labels, _ = patch_pictures(1024, seed=0)
+    images, labels, _ = patch_pictures(512, seed=0)
     inputs = as_inputs(images)
     model = build_model("lenet", num_classes=4)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
-    for _ in range(50):
+    for _ in range(40):
         batch = torch.randint(0, len(labels), (64,), generator=g)
         loss = F.cross_entropy(model(inputs[batch]), labels[batch])
         optimizer.zero_grad()
@@ -154,7 +155,7 @@ def test_gradcam_peak_falls_on_the_bright_patch(patch_lenet):
     row = {r.name: r for r in trace_model(patch_lenet, (3, 32, 32)).layers}["conv2"]
     cam = grad_cam(patch_lenet, inputs, "conv2", start=row.start, jump=row.jump)
     hits = [on_patch(peak, corner.tolist()) for peak, corner in zip(cam.peaks, corners, strict=True)]
-    # A peak at random would land on (or next to) the patch one time in ~12.
+    # A peak at random would land on (or next to) the patch one time in ~12; 31 of 32 when written.
     assert sum(hits) >= 29, (sum(hits), cam.peaks, corners.tolist())
 
 
