@@ -22,22 +22,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.training import distributed
 from cnnkit.build import input_shape
-from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
-from cnnkit.reports.curves import write_curves
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import CheckpointError, ConfigError, Interrupted, TrainingError, one_line
 from cnnkit.evaluation.evaluate import evaluate, tta_views
-from cnnkit.fileio import atomic_write_text
-from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.evaluation.metrics import EvalResult
+from cnnkit.fileio import atomic_write_text
 from cnnkit.optim.registry import SCHEDULES_OVER_THE_RUN
+from cnnkit.reports.curves import write_curves
+from cnnkit.tasks import Task, task_for
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.training.run_folder import choose_run_dir, write_metrics
 from cnnkit.training.state import TrainState, build_state
-from cnnkit.tasks import Task, task_for
 
 
 @dataclass
@@ -200,11 +200,18 @@ def _check_finite(row: dict, model: nn.Module, epoch: int, optimizer) -> None:
     """An epoch that ends with non-finite weights or losses must not become last.pt."""
     bad = [k for k in ("train_loss", "val_loss", "val_mse", "test_loss", "test_mse")
            if k in row and not math.isfinite(row[k])]
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
+    if not weights_finite(model):
         bad.append("weights")
     if bad:
         raise TrainingError(f"{', '.join(bad)} became non-finite in epoch {epoch}; {kept(epoch)} — lower optim.lr "
                             f"(now {optimizer.param_groups[0]['lr']:.3g}) or set train.grad_clip")
+
+
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite: one flag per tensor reduced on the device, one host read
+    (`all(...)` over the parameters would read each flag back, a sync per parameter)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]  # 0-d bools on the device
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _final_test(run: Run, state: TrainState, test: Split | None) -> EvalResult | None:
