@@ -275,8 +275,10 @@ def _interrupted(stop: StopFlag, epoch: int, run_dir: Path) -> Interrupted:
 
 # ---------------------------------------------------------------------------------------- resume
 
-# What a resumed run may change: how long it trains and where, never what it trains.
-RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
+# What a resumed run may change: how long it trains and where, never what it trains. The precision
+# is where too: an fp16 run (CUDA only) resumes on a CPU with --set train.precision=bf16 or fp32;
+# the weights and optimiser state are fp32 either way, and a grad scaler is kept only under fp16.
+RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.precision", "train.threads", "train.eval_batch_size",
                       "train.test_every_epoch")
 
 

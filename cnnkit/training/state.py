@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cnnkit.training import distributed
 from cnnkit.build import model_from_config
-from cnnkit.training.checkpoint import load_checkpoint, load_model_state
 from cnnkit.config import Config
 from cnnkit.device import Runtime
-from cnnkit.training.ema import WeightEMA
 from cnnkit.errors import CheckpointError, ConfigError
-from cnnkit.training.loop import global_batches
 from cnnkit.optim.registry import OptimizerSet, ScheduleSet, build_optimizers, build_schedules
 from cnnkit.tasks import Task
+from cnnkit.training import distributed
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state
+from cnnkit.training.ema import WeightEMA
+from cnnkit.training.loop import global_batches
 
 
 @dataclass
@@ -99,7 +99,7 @@ def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int
     elif payload is None and init_from_data is not None and init_images is not None:
         init_from_data(init_images)
     if use_sync_bn(train.sync_bn, model):
-        model = distributed.convert_sync_batchnorm(model, runtime.device)
+        model = distributed.convert_sync_batchnorm(model)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer, plans = build_optimizers(model, config.optim, train.batch_size)
     steps_per_epoch = len(global_batches(n_train, train.batch_size, 0, 0))
