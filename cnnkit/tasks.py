@@ -230,8 +230,13 @@ class EdgeMap(Task):
 
     def targets(self, inputs, labels):
         key = (inputs.device, inputs.dtype, inputs.shape[1])
-        if key not in self._kernels:  # uploaded once per device, not copied from the host every step
-            self._kernels[key] = EDGE_KERNEL.to(inputs).expand(1, inputs.shape[1], 1, 2)  # (1, C, 1, 2)
+        if key not in self._kernels:
+            # Made once per device and filled there, not copied from the host at every step: on CUDA a
+            # host→device copy waits for every queued kernel to finish first.
+            kernel = inputs.new_empty(1, 1, *EDGE_KERNEL.shape)  # (1, 1, 1, 2)
+            for j, value in enumerate(EDGE_KERNEL[0].tolist()):
+                kernel[..., j] = value
+            self._kernels[key] = kernel.expand(1, inputs.shape[1], 1, 2)  # (1, C, 1, 2)
         return F.conv2d(inputs, self._kernels[key])  # (B, 1, H, W−1)
 
     def loss(self, outputs, targets, smoothing):
