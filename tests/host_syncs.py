@@ -188,3 +188,45 @@ def _called_from(folder: str) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# ---------------------------------------------------------------------------------------- a whole run
+
+
+def _phased(audit: HostSyncAudit, name: str, fn):
+    def wrapper(*args, **kwargs):
+        with audit.phase(name):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def audited_fit(config, monkeypatch, device: str, scaler=None) -> HostSyncAudit:
+    """`fit(config)` under a HostSyncAudit whose phases are the loop's: "step" (one training step,
+    _train_step), "window" (a sync point, _check_window), "weights" (the epoch's finiteness check),
+    "eval batch" (a forward and a meter update in `evaluate`). `scaler` replaces the run's grad
+    scaler (fp16's path on the CPU: torch.amp.GradScaler("cpu"))."""
+    from cnnkit.evaluation import evaluate as evaluate_mod
+    from cnnkit.evaluation import metrics
+    from cnnkit.training import fit as fit_mod
+    from cnnkit.training import loop
+
+    audit = HostSyncAudit(device)
+    real_build = fit_mod.build_state
+
+    def build_state(*args, **kwargs):
+        state = real_build(*args, **kwargs)
+        if scaler is not None:
+            state.scaler = scaler
+        audit.watch_optimizers(state.optimizer)
+        return state
+
+    monkeypatch.setattr(fit_mod, "build_state", build_state)
+    monkeypatch.setattr(loop, "_train_step", _phased(audit, "step", loop._train_step))
+    monkeypatch.setattr(loop, "_check_window", _phased(audit, "window", loop._check_window))
+    monkeypatch.setattr(fit_mod, "weights_finite", _phased(audit, "weights", fit_mod.weights_finite))
+    monkeypatch.setattr(evaluate_mod, "_forward", _phased(audit, "eval batch", evaluate_mod._forward))
+    for meter in (metrics.AccuracyMeter, metrics.SquaredErrorMeter):
+        monkeypatch.setattr(meter, "update", _phased(audit, "eval batch", meter.update))
+    with audit:
+        fit_mod.fit(config, run_name="audit")
+    return audit

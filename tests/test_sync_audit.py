@@ -15,50 +15,14 @@ import math
 
 import pytest
 import torch
-from host_syncs import HostSyncAudit
+from host_syncs import HostSyncAudit, audited_fit
 
 from cnnkit.config import load_config
-from cnnkit.evaluation import evaluate as evaluate_mod
-from cnnkit.evaluation import metrics
-from cnnkit.training import fit as fit_mod
-from cnnkit.training import loop
 
 TINY = ["train.device=cpu", "train.threads=1", "train.batch_size=32", "train.eval_batch_size=64",
         "data.val_split=20", "train.epochs=1", "train.sync_every=2"]
 STEPS = 180 // 32  # 200 tiny images, 20 held out, full batches only
 WINDOWS = math.ceil(STEPS / 2)
-
-
-def _phased(audit: HostSyncAudit, name: str, fn):
-    def wrapper(*args, **kwargs):
-        with audit.phase(name):
-            return fn(*args, **kwargs)
-    return wrapper
-
-
-def audited_fit(config, monkeypatch, scaler=None) -> HostSyncAudit:
-    """`fit(config)` under a HostSyncAudit whose phases are the loop's: "step" (one training step,
-    _train_step), "window" (the sync point, _check_window), "weights" (the epoch's finiteness
-    check), "eval batch" (a forward and a meter update in `evaluate`)."""
-    audit = HostSyncAudit("cpu")
-    real_build = fit_mod.build_state
-
-    def build_state(*args, **kwargs):
-        state = real_build(*args, **kwargs)
-        if scaler is not None:
-            state.scaler = scaler  # fp16's path on the CPU: the same GradScaler code, on CPU tensors
-        audit.watch_optimizers(state.optimizer)
-        return state
-
-    monkeypatch.setattr(fit_mod, "build_state", build_state)
-    monkeypatch.setattr(loop, "_train_step", _phased(audit, "step", loop._train_step))
-    monkeypatch.setattr(loop, "_check_window", _phased(audit, "window", loop._check_window))
-    monkeypatch.setattr(fit_mod, "weights_finite", _phased(audit, "weights", fit_mod.weights_finite))
-    monkeypatch.setattr(evaluate_mod, "_forward", _phased(audit, "eval batch", evaluate_mod._forward))
-    monkeypatch.setattr(metrics.AccuracyMeter, "update", _phased(audit, "eval batch", metrics.AccuracyMeter.update))
-    with audit:
-        fit_mod.fit(config, run_name="audit")
-    return audit
 
 
 def _fast(tmp_path, root, *extra):
@@ -75,7 +39,7 @@ def _lenet(tmp_path, root, *extra):
 def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_image_root, monkeypatch, make):
     # fast: Muon + 3 SGD groups, bf16 autocast, reflect crops, alternating flips, TTA at the end;
     # lenet: AdamW (its step counters live on the host, as on CUDA), the weights' EMA, a test every epoch.
-    audit = audited_fit(make(tmp_path, tiny_image_root), monkeypatch)
+    audit = audited_fit(make(tmp_path, tiny_image_root), monkeypatch, "cpu")
     events = audit.summary()
     assert audit.count("step") == 0, events
     assert audit.count("eval batch") == 0, events
@@ -87,7 +51,8 @@ def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_i
 def test_fp16_grad_scaler_decides_once_per_step_for_every_optimiser(tmp_path, tiny_image_root, monkeypatch):
     # The fast config's four optimisers through a GradScaler: one read per step (whether any gradient
     # overflowed), not one per optimiser as GradScaler.step(opt) makes.
-    audit = audited_fit(_fast(tmp_path, tiny_image_root), monkeypatch, scaler=torch.amp.GradScaler("cpu"))
+    audit = audited_fit(_fast(tmp_path, tiny_image_root), monkeypatch, "cpu",
+                        scaler=torch.amp.GradScaler("cpu"))
     assert [what for phase, what in audit.events if phase == "step"] == ["_local_scalar_dense.default"] * STEPS
     assert audit.count("window") == WINDOWS and audit.count("eval batch") == 0
 
