@@ -187,8 +187,8 @@ class TrainConfig(Section):
     # Start a new run from these weights (a checkpoint's `model`: the average, with an EMA), with
     # this config's own fresh optimiser and schedule: a fine-tune. `cnnkit train --init-from X` sets it.
     init_from: Optional[str] = None
-    # Under DDP, BatchNorm normalises over the global batch (torch's SyncBatchNorm on CUDA, cnnkit's
-    # on the CPU) instead of each process's share. None = on under DDP when the model has BatchNorm.
+    # Under DDP, BatchNorm normalises over the global batch (cnnkit's all-reduce BatchNorm, over gloo or
+    # NCCL) instead of each process's share. None = on under DDP when the model has BatchNorm.
     sync_bn: Optional[bool] = None
     # Also write each epoch's scalars and, at the end, the hparams with the final metrics as TensorBoard
     # events into the run folder (cnnkit.training.tensorboard; needs the tensorboard package).
@@ -333,6 +333,7 @@ def config_from_dict(raw: dict, source: str = "config", overridden: dict | None 
         more = f" (+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise ConfigError(first + more) from None
     _check_model_kwargs(config, source, overridden or {})
+    _check_reflect_padding(config, source, overridden or {})
     return config
 
 
@@ -347,6 +348,25 @@ def _check_model_kwargs(config: Config, source: str, overridden: dict[tuple, str
         by_key = {".".join(k): o for k, o in overridden.items()}
         where = next((by_key[k] for k in (key, "model.kwargs", "model", "model.name") if k in by_key), source)
         raise ConfigError(f"{where}: {message}")
+
+
+def _check_reflect_padding(config: Config, source: str, overridden: dict[tuple, str]) -> None:
+    """A mirrored border can be at most the picture less its edge row: with crop_padding ≥ H (or W)
+    the reflected index runs off the image (an IndexError on the CPU, a device-side assert that
+    kills the CUDA context on a GPU), so it is refused here, before any data loads."""
+    data = config.data
+    if not (data.augment and data.pad_mode == "reflect" and data.crop_padding > 0):
+        return
+    from cnnkit.data.datasets import DATASETS
+
+    height, width = config.model.input_size or DATASETS[data.dataset].input_size
+    if data.crop_padding < min(height, width):
+        return
+    keys = [("data", "crop_padding"), ("data", "pad_mode"), ("model", "input_size")]
+    where = next((overridden[k] for k in keys if k in overridden), source)
+    raise ConfigError(f"{where}: data.crop_padding={data.crop_padding} with data.pad_mode=reflect must be smaller "
+                      f"than the {height}×{width} images (a mirror reaches at most {min(height, width) - 1} pixels); "
+                      f"use data.crop_padding={min(height, width) - 1} or less, or data.pad_mode=zeros")
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -56,6 +56,19 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+# bf16 convolutions and matmuls run natively from compute capability 8.0 (Ampere) on. Below it
+# torch 2.14's `torch.cuda.is_bf16_supported()` still says True (it counts emulation), and cuDNN
+# then fails at the first bf16 convolution.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` (the one the run chose, not the current one) computes in bf16 natively."""
+    if device.type != "cuda":
+        return True  # the CPU: autocast's bf16 kernels exist everywhere (fast with AVX512-BF16/AMX)
+    return torch.cuda.get_device_capability(device) >= BF16_MIN_CAPABILITY
+
+
 def tune_cpu_allocator() -> None:
     """Keep glibc from mmap/munmap-ing every multi-MB activation buffer on each step.
 
@@ -77,9 +90,12 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | 
                   channels_last: bool = False, deterministic: bool = False) -> Runtime:
     dev = resolve_device(device)
     if precision == "fp16" and dev.type == "cpu":
-        raise DeviceError("train.precision=fp16 needs CUDA; on the CPU use bf16 or fp32")
-    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"train.precision=bf16: {torch.cuda.get_device_name(dev)} has no bf16; use fp16 or fp32")
+        raise DeviceError("train.precision=fp16 needs CUDA; on the CPU use --set train.precision=bf16 or fp32 "
+                          "(also when resuming an fp16 run)")
+    if precision == "bf16" and not bf16_supported(dev):
+        major, minor = torch.cuda.get_device_capability(dev)
+        raise DeviceError(f"train.precision=bf16: {dev} ({torch.cuda.get_device_name(dev)}, compute capability "
+                          f"{major}.{minor}) has no native bf16 (needs 8.0+); use --set train.precision=fp16 or fp32")
     # Under torchrun the cores are shared by the processes on this machine; oversubscribing
     # OpenMP threads makes every process crawl.
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

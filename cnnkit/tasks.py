@@ -236,10 +236,19 @@ class EdgeMap(Task):
     def inputs(self, images, mean, std, memory_format=torch.contiguous_format):
         return images.to(torch.float32, memory_format=memory_format).div_(255)  # (B, C, H, W) in [0, 1]
 
+    def __init__(self):
+        self._kernels: dict[tuple, torch.Tensor] = {}  # (device, dtype, C) → (1, C, 1, 2)
+
     def targets(self, inputs, labels):
-        channels = inputs.shape[1]
-        kernel = EDGE_KERNEL.to(inputs).expand(1, channels, 1, 2)  # (1, C, 1, 2)
-        return F.conv2d(inputs, kernel)  # (B, 1, H, W−1)
+        key = (inputs.device, inputs.dtype, inputs.shape[1])
+        if key not in self._kernels:
+            # Made once per device and filled there, not copied from the host at every step: on CUDA a
+            # host→device copy waits for every queued kernel to finish first.
+            kernel = inputs.new_empty(1, 1, *EDGE_KERNEL.shape)  # (1, 1, 1, 2)
+            for j, value in enumerate(EDGE_KERNEL[0].tolist()):
+                kernel[..., j] = value
+            self._kernels[key] = kernel.expand(1, inputs.shape[1], 1, 2)  # (1, C, 1, 2)
+        return F.conv2d(inputs, self._kernels[key])  # (B, 1, H, W−1)
 
     def loss(self, outputs, targets, smoothing):
         # The seed's loss: squared error summed over the picture (here averaged over the batch).

@@ -144,6 +144,18 @@ def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     monkeypatch.delenv("CNNKIT_CIFAR10_MD5", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_suite(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside tests marked `cuda` (tests/test_cuda.py) the suite means the CPU, on a GPU machine too:
+    `train.device=auto` and `cnnkit eval` pick the CPU, in this process and in the processes tests
+    start, so the assertions written for the CPU (bit-identical resumes, gloo, `device cpu` lines)
+    hold wherever `make test` runs. Tests that mean the CPU also say train.device=cpu themselves."""
+    if request.node.get_closest_marker("cuda") is not None:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture
 def real_data_root() -> Path:
     """The real CIFAR-10 from the CNNKIT_DATA the test session started with; skips without it."""
@@ -182,7 +194,7 @@ def write_long_run_config(tmp_path: Path) -> Path:
         model: {{name: lenet}}
         data: {{root: {root}, val_split: 10}}
         optim: {{name: adam, lr: 0.003}}
-        train: {{epochs: 100000, batch_size: 8, eval_batch_size: 64, threads: 1}}
+        train: {{epochs: 100000, batch_size: 8, eval_batch_size: 64, threads: 1, device: cpu}}
         output: {{dir: {tmp_path / 'runs'}}}
         """))
     return config

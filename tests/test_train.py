@@ -137,7 +137,8 @@ def test_no_data_is_one_clear_error(tmp_path):
 
 def test_cli_train_eval_resume(tmp_path, tiny_image_root):
     args = ["--set", f"data.root={tiny_image_root}", "--set", "data.val_split=20", "--set", "train.epochs=2",
-            "--set", "train.batch_size=32", "--set", f"output.dir={tmp_path}", "--set", "train.threads=1"]
+            "--set", "train.batch_size=32", "--set", f"output.dir={tmp_path}", "--set", "train.threads=1",
+            "--set", "train.device=cpu"]  # this test means the CPU: its second line says so, on any machine
     result = runner.invoke(app, ["train", "--config", "configs/lenet.yaml", "--name", "cli", "--quiet", *args])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
@@ -370,3 +371,38 @@ def test_ema_decay_0_or_null_turns_the_ema_off(tmp_path, tiny_image_root, off):
     for key, value in last["model"].items():
         assert torch.equal(averaged["train_model"][key], value), key
     assert not torch.equal(averaged["model"]["fc3.weight"], last["model"]["fc3.weight"])
+
+
+def test_label_smoothing_changes_the_training_loss_as_its_formula_says(tmp_path, tiny_image_root):
+    # The first step's loss, read at its sync point (train.sync_every=1), against the formula on the
+    # same initial model and batch: (1 − s)·CE(y) + s·mean over the K classes of −log p_k.
+    import torch.nn.functional as F
+
+    from cnnkit.data import prepare_data
+    from cnnkit.device import setup_runtime
+    from cnnkit.tasks import task_for
+    from cnnkit.training.loop import global_batches
+    from cnnkit.training.state import build_state
+
+    def first_loss(smoothing: float) -> float:
+        config = tiny_config(tmp_path, tiny_image_root, "train.device=cpu", "train.sync_every=1",
+                             f"train.label_smoothing={smoothing}", epochs=1)
+        losses = []
+        fit(config, run_name=f"s{smoothing}",
+            report=lambda event: losses.append(event["loss"]) if event["kind"] == "step" else None)
+        return losses[0]
+
+    s = 0.3
+    config = tiny_config(tmp_path, tiny_image_root, "train.device=cpu", epochs=1)
+    prepared = prepare_data(config)
+    state = build_state(config, setup_runtime("cpu", threads=1), 10, len(prepared.train))  # fit's initial model
+    idx = global_batches(len(prepared.train), config.train.batch_size, config.train.seed, 0)[0]
+    inputs = task_for(config).inputs(prepared.train.images[idx], prepared.mean, prepared.std)
+    labels = prepared.train.labels[idx]
+    with torch.no_grad():
+        log_p = F.log_softmax(state.model(inputs), dim=1)  # (B, K)
+    ce = -log_p.gather(1, labels[:, None]).mean().item()
+    uniform = -log_p.mean(dim=1).mean().item()
+    assert first_loss(0.0) == pytest.approx(ce, rel=1e-5)
+    assert first_loss(s) == pytest.approx((1 - s) * ce + s * uniform, rel=1e-5)
+    assert abs((1 - s) * ce + s * uniform - ce) > 1e-3  # the two differ: the test can tell them apart

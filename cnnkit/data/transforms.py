@@ -64,6 +64,8 @@ def augment_batch(
     B, C, H, W = images.shape
     device = images.device
     p = max(crop_padding, 0)
+    if pad_mode == "reflect" and p >= min(H, W):  # the mirror of a pixel p away must lie inside the picture
+        raise ValueError(f"reflect padding {p} needs images larger than {p}×{p}, got {H}×{W}")
     if p == 0:
         # Flips alone: a select between the batch and its mirror costs two passes over the uint8
         # batch, where the general per-pixel gather below costs ~10x that (a third of lenet's step).

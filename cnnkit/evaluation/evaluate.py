@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.data import Split, prepare_test, to_device
+from cnnkit.data import Split, channel_tensors, prepare_test, to_device
 from cnnkit.device import Runtime
 from cnnkit.errors import ConfigError, RunError
 from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
@@ -50,13 +50,14 @@ def evaluate(model: nn.Module, split: Split, *, task: Task, runtime: Runtime, ba
     model.eval()
     start = time.perf_counter()
     meter = task.meter(num_classes or 1, runtime.device)
+    mean_t, std_t = channel_tensors(mean, std, runtime.device)  # (1, C, 1, 1) each, uploaded once, not per batch
     n = len(split)
     rank, world = distributed.rank(), distributed.world_size()
     for lo in range(rank * batch_size, n, batch_size * world):
         images = split.images[lo: lo + batch_size]  # (B, C, H, W) uint8
         labels = split.labels[lo: lo + batch_size]  # (B,)
-        outputs, targets = _forward(model, images, labels, task, runtime, mean, std, views, weights)
-        meter.update(outputs, targets, labels)
+        outputs, targets = _forward(model, images, labels, task, runtime, mean_t, std_t, views, weights)
+        meter.update(outputs, targets, labels)  # summed on the device: no host read until meter.result
     model.train(was_training)
     result = meter.result(n)
     result.seconds = time.perf_counter() - start
@@ -64,7 +65,7 @@ def evaluate(model: nn.Module, split: Split, *, task: Task, runtime: Runtime, ba
 
 
 def _forward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, task: Task, runtime: Runtime,
-             mean: list[float], std: list[float], views: Sequence[View] | None,
+             mean: torch.Tensor, std: torch.Tensor, views: Sequence[View] | None,
              weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(outputs averaged over the views, targets of the original view) for one uint8 batch."""
     total = targets = None

@@ -40,7 +40,10 @@ class AccuracyMeter:
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> None:
         # outputs (B, K) float32 logits; targets = labels (B,)
         self.loss_sum += F.cross_entropy(outputs, targets, reduction="sum").double()
-        self.confusion += torch.bincount(labels * self.k + outputs.argmax(dim=1), minlength=self.k * self.k)
+        cells = labels * self.k + outputs.argmax(dim=1)  # (B,) index of (true, predicted) in the flat matrix
+        # scatter_add_ into the fixed K·K cells, not bincount: on CUDA bincount reads the indices' min
+        # and max back to the host to size its output, two syncs a batch.
+        self.confusion.scatter_add_(0, cells, torch.ones_like(cells))
 
     def result(self, n: int) -> EvalResult:
         loss_sum = distributed.all_reduce_sum(self.loss_sum)

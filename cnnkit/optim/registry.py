@@ -80,10 +80,18 @@ def plan_groups(model: nn.Module, optim, batch_size: int) -> list[GroupPlan]:
 
 class OptimizerSet:
     """Several optimisers stepped as one. With a single one, its state_dict is saved as it is (so
-    checkpoints from before groups existed still load)."""
+    checkpoints from before groups existed still load).
+
+    Under fp16 the set steps through a grad scaler as one optimiser would: every optimiser's
+    gradients are unscaled, one check over all of them decides, and then all of them step or none
+    does. torch's `GradScaler.step(opt)` per optimiser would read its own inf flag back to the host
+    (one sync each), take each decision alone, and assert on an optimiser with no gradients at all
+    (a group whose schedule has ended and was frozen, see ScheduleSet.freeze_finished).
+    """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
+        self._unscaled = False  # unscale_ ran since the last step
 
     @property
     def param_groups(self) -> list[dict]:
@@ -93,16 +101,36 @@ class OptimizerSet:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)
 
-    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        for opt in self.optimizers:
-            if scaler is None:
-                opt.step()
-            else:
-                scaler.step(opt)  # skips the step when the fp16 gradients overflowed
-
     def unscale_(self, scaler: torch.amp.GradScaler) -> None:
+        """Divide every gradient by the loss scale, noting (on the device) whether any is inf/NaN.
+        An optimiser without gradients records nothing, which is fine: it has nothing to step."""
         for opt in self.optimizers:
             scaler.unscale_(opt)
+        self._unscaled = True
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Step every optimiser; with an enabled grad scaler, all of them only if no gradient overflowed.
+
+        The caller still calls `scaler.update()` once afterwards: it reads the same inf flags (on the
+        device) and halves the scale after an overflow, or grows it after a run of good steps.
+        """
+        if scaler is not None and scaler.is_enabled():
+            if not self._unscaled:
+                self.unscale_(scaler)
+            self._unscaled = False
+            if self._overflowed(scaler):  # fp16's one host read per step: whether to step at all
+                return
+        for opt in self.optimizers:
+            opt.step()
+
+    def _overflowed(self, scaler: torch.amp.GradScaler) -> bool:
+        # The flags unscale_ left per optimiser and device (GradScaler keeps them until update());
+        # moved to one device and summed there, so the host waits once for the whole set.
+        flags = [flag for opt in self.optimizers for flag in scaler._found_inf_per_device(opt).values()]
+        if not flags:
+            return False  # no gradients anywhere: nothing would step anyway
+        device = flags[0].device
+        return bool(torch.stack([f.to(device, non_blocking=True) for f in flags]).sum())  # (k,) → one read
 
     def state_dict(self) -> dict:
         if len(self.optimizers) == 1:

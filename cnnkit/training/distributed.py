@@ -1,9 +1,9 @@
 """torch.distributed under torchrun: the only multi-process engine cnnkit uses.
 
 With one process every function here is a no-op, so the training loop has a single code path.
-Under `torchrun` (WORLD_SIZE > 1) each rank joins the process group (nccl on CUDA, gloo on the
-CPU), takes its share of every global batch, and sums its metrics with the others; rank 0 alone
-prints and writes files.
+Under `torchrun` (WORLD_SIZE > 1) each rank joins the process group (nccl on CUDA, one GPU per
+process; gloo on the CPU), takes its share of every global batch, and sums its metrics with the
+others; rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
@@ -44,12 +44,23 @@ def setup(device_spec: str) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise DeviceError(f"train.device={device_spec}: CUDA is not available on this machine; use cpu or auto")
+        _check_gpus(device_spec, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
         torch.cuda.set_device(local_rank)
         device_spec = f"cuda:{local_rank}"
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(device_spec)
+
+
+def _check_gpus(device_spec: str, local_world: int) -> None:
+    """One GPU per process on this machine, checked before any rank touches a device: rank N on a machine
+    without GPU N would die with "invalid device ordinal" (or a device-side error) instead."""
+    if not torch.cuda.is_available():
+        raise DeviceError(f"train.device={device_spec}: CUDA is not available on this machine; use cpu or auto")
+    gpus = torch.cuda.device_count()
+    if local_world > gpus:
+        raise DeviceError(f"--nproc {local_world} with train.device={device_spec} needs {local_world} GPUs, one per "
+                          f"process, and this machine has {gpus}; use --nproc {gpus} or fewer, or "
+                          "--set train.device=cpu (DDP over gloo on the CPU)")
 
 
 def check_batch(batch_size: int) -> None:
@@ -99,13 +110,18 @@ class _AllReduceSum(torch.autograd.Function):
         return all_reduce_sum(grad)
 
 
-class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm over the global batch for gloo (torch's SyncBatchNorm runs on GPUs only).
+class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch, for gloo (CPU) and NCCL (CUDA) alike.
 
-    In training under DDP the per-channel mean and variance are all-reduced (autograd flows
-    through the all-reduce, as in torch's SyncBatchNorm), so N processes normalise, and update
-    the running statistics, exactly as one process with the whole batch would. Elsewhere it is
-    plain BatchNorm, and its state_dict keys are BatchNorm's.
+    In training under DDP the per-channel sum and squared deviation are all-reduced (autograd
+    flows through the all-reduce, as in torch's SyncBatchNorm), so N processes normalise, and
+    update the running statistics, exactly as one process with the whole batch would. Elsewhere
+    it is plain BatchNorm, and its state_dict keys are BatchNorm's.
+
+    Not torch's nn.SyncBatchNorm, even on CUDA: that runs on GPUs only, and its forward drops
+    empty ranks with a boolean mask (`count_all[mask]`), a host sync in every BatchNorm layer at
+    every step. Every rank here has the same share of every batch (cnnkit.training.loop), so there
+    is nothing to drop, and nothing here waits for the device.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -125,7 +141,9 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                # momentum None: the cumulative average, weighted 1/n on the device (float() would sync)
+                factor = (self.num_batches_tracked.reciprocal().to(self.running_mean.dtype)
+                          if self.momentum is None else self.momentum)
                 self.running_mean.lerp_(mean.detach(), factor)
                 self.running_var.lerp_(var.detach() * count / max(1, count - 1), factor)  # unbiased, as BatchNorm
         out = centred * torch.rsqrt(var + self.eps).view(shape)
@@ -134,14 +152,12 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(input.dtype)
 
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm layer of `model` normalising over the global batch: torch's SyncBatchNorm on
-    CUDA (NCCL), CpuSyncBatchNorm on the CPU (gloo). Parameters and buffers are kept, not copied."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, CpuSyncBatchNorm):
-        sync = CpuSyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
-                                model.track_running_stats)
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm layer of `model` normalising over the global batch (AllReduceBatchNorm), on
+    any device and backend. Parameters and buffers are kept, not copied."""
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, AllReduceBatchNorm):
+        sync = AllReduceBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                                  model.track_running_stats)
         if model.affine:
             sync.weight, sync.bias = model.weight, model.bias
         if model.track_running_stats:
@@ -150,7 +166,7 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         sync.train(model.training)
         return sync
     for name, child in model.named_children():
-        model.add_module(name, convert_sync_batchnorm(child, device))
+        model.add_module(name, convert_sync_batchnorm(child))
     return model
 
 

@@ -207,11 +207,18 @@ def _check_finite(row: dict, model: nn.Module, epoch: int, optimizer) -> None:
     """An epoch that ends with non-finite weights or losses must not become last.pt."""
     bad = [k for k in ("train_loss", "val_loss", "val_mse", "test_loss", "test_mse")
            if k in row and not math.isfinite(row[k])]
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
+    if not weights_finite(model):
         bad.append("weights")
     if bad:
         raise TrainingError(f"{', '.join(bad)} became non-finite in epoch {epoch}; {kept(epoch)} — lower optim.lr "
                             f"(now {optimizer.param_groups[0]['lr']:.3g}) or set train.grad_clip")
+
+
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite: one flag per tensor reduced on the device, one host read
+    (`all(...)` over the parameters would read each flag back, a sync per parameter)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]  # 0-d bools on the device
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _final_test(run: Run, state: TrainState, test: Split | None) -> EvalResult | None:
@@ -285,8 +292,10 @@ def _interrupted(stop: StopFlag, epoch: int, run_dir: Path) -> Interrupted:
 
 # ---------------------------------------------------------------------------------------- resume
 
-# What a resumed run may change: how long it trains and where, never what it trains.
-RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.threads", "train.eval_batch_size",
+# What a resumed run may change: how long it trains and where, never what it trains. The precision
+# is where too: an fp16 run (CUDA only) resumes on a CPU with --set train.precision=bf16 or fp32;
+# the weights and optimiser state are fp32 either way, and a grad scaler is kept only under fp16.
+RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.precision", "train.threads", "train.eval_batch_size",
                       "train.test_every_epoch")
 
 

@@ -55,8 +55,11 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
                     report: Report | None = None) -> dict[str, float]:
     """One epoch; returns the row's train_loss (and the task's train metrics), epoch_s and images_per_s.
 
-    The step loop never waits for the device: losses and hits are summed on it, and the host looks
-    (finite loss? progress) only every `train.sync_every` steps and at the end of the epoch.
+    The step loop never waits for the device: losses and hits are summed on it, and the host reads
+    one small tensor (finite losses? a stop? the loss to show) every `train.sync_every` steps, in
+    `_check_window`, and the totals once at the end of the epoch. The one exception is fp16: the
+    grad scaler's skip decision is one read per step (cnnkit.optim.registry.OptimizerSet.step).
+    tests/test_sync_audit.py counts the reads.
     """
     model.train()
     if distributed.world_size() == 1:  # DDP expects the same parameters to get gradients every step
@@ -76,30 +79,41 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     for step in range(len(order)):
         if solo and stop.signum is not None:
             raise StopRequested()
-        idx = order[step]  # (B,) on the device
-        # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
-        images = augment(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
-        images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
-        inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
-        targets = task.targets(inputs, labels)
-        with runtime.autocast():
-            outputs = model(inputs)
-            loss = task.loss(outputs.float(), targets, train_cfg.label_smoothing)
-        _step(loss, model, optimizer, scheduler, scaler, ema, train_cfg.grad_clip)
-        loss = loss.detach()
-        finite = torch.isfinite(loss)
-        sums += torch.stack([torch.where(finite, loss, 0.0).double() * labels.shape[0],
-                             task.hits(outputs, labels).double(), (~finite).double()])
-        seen += labels.shape[0]
-        last = step + 1 == len(order)
-        if (step + 1 - window_start) >= train_cfg.sync_every or last:
-            _check_window(sums, loss, step + 1 - window_start, scaler, epoch, step, len(order), optimizer, stop)
+        loss = _train_step(model, optimizer, scheduler, split, order[step], augment, sums, task=task,
+                           runtime=runtime, mean_t=mean_t, std_t=std_t, scaler=scaler, ema=ema,
+                           smoothing=train_cfg.label_smoothing, grad_clip=train_cfg.grad_clip)
+        seen += order.shape[1] // distributed.world_size()  # this rank's share (distributed.shard)
+        shown = None  # the loss the progress view shows, known only at a sync point
+        if (step + 1 - window_start) >= train_cfg.sync_every or step + 1 == len(order):
+            shown = _check_window(sums, loss, step + 1 - window_start, scaler, epoch, step, len(order), optimizer,
+                                  stop)
             window_start = step + 1
         if report is not None and distributed.rank() == 0:
-            report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(order),
-                    "loss": float(loss) if window_start == step + 1 else None})
+            report({"kind": "step", "epoch": epoch + 1, "step": step + 1, "steps": len(order), "loss": shown})
     seconds = _now(device) - start
     return _epoch_totals(sums, seen, seconds, task)
+
+
+def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch.Tensor, augment, sums: torch.Tensor,
+                *, task: Task, runtime: Runtime, mean_t: torch.Tensor, std_t: torch.Tensor, scaler,
+                ema: WeightEMA | None, smoothing: float, grad_clip: float | None) -> torch.Tensor:
+    """One step on the global batch `idx` (B,): this rank's share forward and backward, the update,
+    and the batch's loss, hits and non-finite count added into `sums` (3,). Returns the loss, on the
+    device; nothing here reads a value back to the host (save fp16's skip decision)."""
+    # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
+    images = augment(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
+    images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
+    inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
+    targets = task.targets(inputs, labels)
+    with runtime.autocast():
+        outputs = model(inputs)
+        loss = task.loss(outputs.float(), targets, smoothing)
+    _step(loss, model, optimizer, scheduler, scaler, ema, grad_clip)
+    loss = loss.detach()
+    finite = torch.isfinite(loss)
+    sums += torch.stack([torch.where(finite, loss, 0.0).double() * labels.shape[0],
+                         task.hits(outputs, labels).double(), (~finite).double()])
+    return loss
 
 
 def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.device):
@@ -120,8 +134,9 @@ def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.dev
 
 
 def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, epoch: int, step: int,
-                  steps: int, optimizer, stop: StopFlag | None = None) -> None:
-    """The one host sync of a window: was every loss in it finite, and was a stop asked for?
+                  steps: int, optimizer, stop: StopFlag | None = None) -> float:
+    """The one host read of a window: was every loss in it finite, was a stop asked for, and the last
+    loss (returned, for the progress view), in a single transfer.
 
     Without a grad scaler one non-finite loss has already poisoned the weights; with one (fp16)
     the scaler skipped those steps, and only a window that is non-finite throughout means
@@ -129,23 +144,25 @@ def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, e
     so all ranks stop, or raise, at the same step.
     """
     signum = stop.signum if stop is not None and stop.signum is not None else 0
-    flags = torch.stack([sums[2], torch.tensor(float(signum), dtype=sums.dtype, device=sums.device)])  # (2,)
-    bad, agreed_signum = (int(v) for v in distributed.all_reduce_max(flags).tolist())
+    flags = torch.stack([sums[2], sums.new_full((), float(signum))])  # (2,) made on the device: no upload
+    flags = distributed.all_reduce_max(flags)
+    bad, agreed_signum, last = torch.cat([flags, loss.reshape(1).to(flags.dtype)]).tolist()  # (3,) → the read
     if agreed_signum and stop is not None:
-        stop.signum = stop.signum or agreed_signum  # a rank the signal has not reached yet stops too
+        stop.signum = stop.signum or int(agreed_signum)  # a rank the signal has not reached yet stops too
         raise StopRequested()
     if bad and (scaler is None or bad >= window):
-        why = "every step of the last" if scaler is not None else f"{bad} of the last"
+        why = "every step of the last" if scaler is not None else f"{int(bad)} of the last"
         raise TrainingError(
-            f"loss became {float(loss)} ({why} {window} steps non-finite) at epoch {epoch + 1}, step "
+            f"loss became {last} ({why} {window} steps non-finite) at epoch {epoch + 1}, step "
             f"{step + 1}/{steps}; {kept(epoch + 1)} — lower optim.lr (now {optimizer.param_groups[0]['lr']:.3g}) "
             "or set train.grad_clip")
     sums[2].zero_()
+    return last
 
 
 def _epoch_totals(sums: torch.Tensor, seen: int, seconds: float, task: Task) -> dict[str, float]:
-    seen_t = torch.tensor([float(seen)], dtype=torch.float64, device=sums.device)  # once an epoch
-    totals = distributed.all_reduce_sum(torch.cat([sums[:2], seen_t])).tolist()
+    seen_t = sums.new_full((1,), float(seen))  # (1,) on the device
+    totals = distributed.all_reduce_sum(torch.cat([sums[:2], seen_t])).tolist()  # once an epoch
     n = max(1.0, totals[2])
     result = {"train_loss": totals[0] / n, "epoch_s": seconds, "images_per_s": n / seconds}
     result.update(task.train_fields(totals[1] / n))

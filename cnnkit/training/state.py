@@ -99,7 +99,7 @@ def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int
     elif payload is None and init_from_data is not None and init_images is not None:
         init_from_data(init_images)
     if use_sync_bn(train.sync_bn, model):
-        model = distributed.convert_sync_batchnorm(model, runtime.device)
+        model = distributed.convert_sync_batchnorm(model)
     model = model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer, plans = build_optimizers(model, config.optim, train.batch_size)
     steps_per_epoch = len(global_batches(n_train, train.batch_size, 0, 0))
