@@ -22,13 +22,13 @@ PY=${PYTHON:-python3}
 } > "$OUT/env.txt" 2>&1
 
 start=$(date +%s)
-timeout 420 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py --durations=15 \
+timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py --durations=15 \
   --junitxml="$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log"
 tests_rc=${PIPESTATUS[0]}
 tests_s=$(( $(date +%s) - start ))
 
 start=$(date +%s)
-timeout 420 "$PY" scripts/bench_train.py --device cuda --configs configs/fast.yaml configs/lenet.yaml \
+timeout "${BENCH_TIMEOUT:-420}" "$PY" scripts/bench_train.py --device cuda --configs configs/fast.yaml configs/lenet.yaml \
   --no-textbook --bare-seconds 5 --out "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
 bench_rc=${PIPESTATUS[0]}
 bench_s=$(( $(date +%s) - start ))
