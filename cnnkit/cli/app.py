@@ -25,9 +25,9 @@ def _flags_take_no_value() -> None:
     reads as if the flag took a value; a flag shows none, options with a value keep theirs (`<path>`)."""
     from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
-    if getattr(shown, "_cnnkit", False):
-        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_cnnkit", False):
+        return  # older typer (< 0.29) has no such hook and prints no type after a flag
 
     def display_type_rich(self, ctx):
         return None if self.is_flag else shown(self, ctx)
