@@ -64,6 +64,7 @@ Cell = tuple[str, str]
 
 # The edge toy learns this kernel: a horizontal difference, +1 then −1 (seed 000).
 EDGE_KERNEL = torch.tensor([[1.0, -1.0]])
+_EDGE_TAPS = tuple(EDGE_KERNEL[0].tolist())  # the same as Python numbers, to fill a kernel on any device
 
 
 class Task:
@@ -245,8 +246,8 @@ class EdgeMap(Task):
             # Made once per device and filled there, not copied from the host at every step: on CUDA a
             # host→device copy waits for every queued kernel to finish first.
             kernel = inputs.new_empty(1, 1, *EDGE_KERNEL.shape)  # (1, 1, 1, 2)
-            for j, value in enumerate(EDGE_KERNEL[0].tolist()):
-                kernel[..., j] = value
+            for j, value in enumerate(_EDGE_TAPS):
+                kernel[..., j].fill_(value)
             self._kernels[key] = kernel.expand(1, inputs.shape[1], 1, 2)  # (1, C, 1, 2)
         return F.conv2d(inputs, self._kernels[key])  # (B, 1, H, W−1)
 

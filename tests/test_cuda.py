@@ -219,12 +219,12 @@ def test_fast_yaml_trains_on_cuda(tmp_path, tiny_image_root, precision, epochs):
 
 
 def test_fast_yaml_fp16_on_real_cifar10(tmp_path, real_data_root):
-    # fast.yaml in fp16 for 4 epochs on 10,000 real images (80 steps at batch 500): far above chance
-    # (10%), with the GradScaler's skips only at the start.
+    # fast.yaml in fp16 for 4 epochs on 10,000 real images (80 steps at batch 500). The same run in
+    # bf16 on the CPU had 54.1% test accuracy after its first epoch (2026-11-26); chance is 10%.
     result = fit(load_config("configs/fast.yaml", [
         "data.subset=10000", "train.epochs=4", "train.batch_size=500", "train.device=cuda",
         "train.precision=fp16", f"output.dir={tmp_path}"]), data_root=str(real_data_root), run_name="real")
-    assert result.test.accuracy > 0.30, result.test.accuracy
+    assert result.test.accuracy > 0.45, result.test.accuracy
     payload = load_checkpoint(result.run_dir / "last.pt")
     assert _skipped_steps(payload["scaler"]) < 10
 
