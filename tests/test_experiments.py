@@ -468,3 +468,41 @@ def test_a_search_at_an_epoch_stops_each_trial_there_and_scores_it_then(tmp_path
     result = show(job.folder, write_best=True)
     assert result.trials[0]["value"] == rows[1]["val_acc"] and result.to_dict()["at_epoch"] == 2
     assert "epochs: 4" in (Path(job.folder) / "best.yaml").read_text()
+
+
+def test_workers_racing_to_create_the_tables_both_open_the_storage(tmp_path: Path, monkeypatch):
+    """Two commands started together on an empty database both run CREATE TABLE; the loser's error
+    says the table "already exists" (seen with PostgreSQL in CI-like runs). It must try again and
+    join the study, not stop with 'cannot open it'."""
+    import optuna
+
+    from cnnkit.experiments.study import open_storage
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    class Racing(real):  # a subclass: optuna.storages.get_storage checks isinstance against this name
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                raise RuntimeError('(psycopg2.errors.DuplicateTable) relation "studies" already exists')
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path)
+    assert len(calls) == 2
+    assert storage.get_all_studies() == []
+
+
+def test_a_storage_that_keeps_failing_is_still_one_line(tmp_path: Path, monkeypatch):
+    import optuna
+
+    from cnnkit.errors import ConfigError
+    from cnnkit.experiments.study import open_storage
+
+    def broken(url, **kwargs):
+        raise RuntimeError("password authentication failed")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(ConfigError, match="cannot open it .*password authentication failed"):
+        open_storage("sqlite:///x.db", tmp_path)

@@ -63,13 +63,20 @@ def open_storage(url: str | None, folder: Path):
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "postgres")):
         engine["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
-    try:
-        # Wrapped as create_study would wrap it, so this process reads and writes through one object.
-        return opt.storages.get_storage(opt.storages.RDBStorage(_with_driver(url), engine_kwargs=engine))
-    except Exception as exc:  # sqlalchemy raises many kinds (bad URL, refused, auth, missing driver)
-        raise ConfigError(f"--storage {mask_url(url)}: cannot open it ({one_line(exc)[:300]}); check the URL, "
-                          "that the server is up and reachable, and that its driver is installed "
-                          "(PostgreSQL: pip install 'cnnkit[postgres]', i.e. psycopg2-binary)") from None
+    for attempt in range(3):
+        try:
+            # Wrapped as create_study would wrap it, so this process reads and writes through one object.
+            return opt.storages.get_storage(opt.storages.RDBStorage(_with_driver(url), engine_kwargs=engine))
+        except Exception as exc:  # sqlalchemy raises many kinds (bad URL, refused, auth, missing driver)
+            # Workers started together on an empty database race to create Optuna's tables: the loser's
+            # CREATE TABLE finds the winner's ("already exists"). Its next try sees them and goes on.
+            if "already exists" in str(exc) and attempt < 2:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(f"--storage {mask_url(url)}: cannot open it ({one_line(exc)[:300]}); check the "
+                              "URL, that the server is up and reachable, and that its driver is installed "
+                              "(PostgreSQL: pip install 'cnnkit[postgres]', i.e. psycopg2-binary)") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _with_driver(url: str) -> str:
