@@ -82,7 +82,8 @@ def sweep_cmd(
 def sweep_show_cmd(
     folder: Path = typer.Argument(..., help="A sweep's folder, e.g. runs/NAME."),
     storage: Optional[str] = typer.Option(None, "--storage", help="The storage URL, if it had a password."),
-    at_epoch: Optional[int] = typer.Option(None, "--at-epoch", help="Also val and test accuracy at this epoch."),
+    at_epoch: Optional[int] = typer.Option(None, "--at-epoch", help="Also val and test accuracy at this epoch "
+                                           "(default: the sweep's own --at-epoch)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Reprint a sweep's summary (from its study: partial while it runs)."""

@@ -155,6 +155,7 @@ class SweepSummary:
     done: int
     total: int
     unfinished: list[str]  # cells not finished (waiting or running)
+    at_epoch: int | None = None  # val and test accuracy also read at this epoch (`--at-epoch`)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -197,7 +198,7 @@ def summarize(name: str, axes: list[str], results: list[CellResult], *, has_val:
     best, selection = _select(settings, has_val, at_epoch)
     unfinished = [r.name for r in results if r.state in ("waiting", "running")]
     done = sum(r.state in ("complete", "failed", "pruned") for r in results)
-    return SweepSummary(name, axes, metrics, settings, best, selection, done, len(results), unfinished)
+    return SweepSummary(name, axes, metrics, settings, best, selection, done, len(results), unfinished, at_epoch)
 
 
 def _label(setting: dict[str, str]) -> str:

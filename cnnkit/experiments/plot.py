@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnkit.experiments.aggregate import SweepSummary
-from cnnkit.experiments.grid import parse_value
+from cnnkit.experiments.grid import parse_value, setting_label
 from cnnkit.reports.plots import figure, save_png
 
 
 def _positions(summary: SweepSummary) -> tuple[list[float], list[str], str, bool]:
     """x of each setting, tick labels, the axis title, and whether to use a log scale."""
-    labels = [s.label for s in summary.settings]
+    labels = [setting_label(s.setting) or s.label for s in summary.settings]
     if len(summary.axes) == 1:
         values = [parse_value(s.setting[summary.axes[0]]) for s in summary.settings]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)

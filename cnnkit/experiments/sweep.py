@@ -83,6 +83,14 @@ def cell_results(study, plan: dict) -> list[CellResult]:
     return out
 
 
+def _last_at_epoch(folder: Path) -> int | None:
+    try:
+        value = json.loads((folder / SUMMARY_JSON).read_text()).get("at_epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 def show(folder: str | Path, storage_url: str | None = None, at_epoch: int | None = None,
          write: bool = False) -> SweepSummary:
     """The sweep in `folder`, summarised from its study (partial while it runs); `write`: summary files too."""
@@ -95,6 +103,8 @@ def show(folder: str | Path, storage_url: str | None = None, at_epoch: int | Non
         raise RunError(f"{folder}: its study {exp.study!r} is not in the storage; pass the --storage it ran "
                        "with") from None
     results = cell_results(study, exp.plan)
+    if at_epoch is None and not write:  # reprinting: as the sweep itself reported it (its --at-epoch)
+        at_epoch = _last_at_epoch(folder)
     summary = summarize(folder.name, [k for k, _ in exp.plan["axes"]], results,
                         has_val=bool(exp.plan.get("has_val")), at_epoch=at_epoch)
     if write:
