@@ -506,3 +506,12 @@ def test_a_storage_that_keeps_failing_is_still_one_line(tmp_path: Path, monkeypa
     monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
     with pytest.raises(ConfigError, match="cannot open it .*password authentication failed"):
         open_storage("sqlite:///x.db", tmp_path)
+
+
+@pytest.mark.parametrize("space", sorted((REPO / "configs" / "spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_spaces_are_valid_for_their_config(space: Path):
+    from cnnkit.experiments.space import read_space, validate_space
+
+    parsed, _ = read_space(space)
+    validate_space(parsed, REPO / "configs" / f"{space.stem}.yaml", [], str(space))
+    assert parsed
