@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from cnnkit.config import Config
@@ -32,3 +33,11 @@ def model_from_config(config: Config, num_classes: int | None = None) -> nn.Modu
     classes = config.model.num_classes or num_classes or DATASETS[config.data.dataset].num_classes
     return build_model(config.model.name, in_channels=channels, num_classes=classes,
                        input_size=(height, width), **config.model.kwargs)
+
+
+def check_model_builds(config: Config) -> None:
+    """Build the model on the meta device (shapes only: no memory, no data, no time). A constructor's
+    own range error (`model.kwargs.widths=[0,64,64]`) is then one ConfigError line before the data
+    loads, not after."""
+    with torch.device("meta"):
+        model_from_config(config)

@@ -251,6 +251,28 @@ def test_train_with_a_bad_model_setting_is_one_line_before_any_data(tmp_path):
                     "takes a list of 3 integers there (default [64, 256, 256])")
 
 
+@pytest.mark.parametrize(("setting", "words"), [
+    ("model.kwargs.widths=[0,64,64]", ["model.kwargs.widths: need three positive", "[0, 64, 64]"]),
+    ("model.input_size=[4,4]", ["fast on 4×4 input: group2.pool gets 1×1"]),
+])
+def test_train_with_a_model_that_cannot_be_built_fails_before_any_data(tmp_path, setting, words):
+    """Range errors are the constructor's (not the annotation check's): the model is built on the meta
+    device before the data is looked for, so the error is about the model, not a missing data root."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import _state, app
+
+    _state["debug"] = False
+    config = Path(__file__).resolve().parents[1] / "configs" / "fast.yaml"
+    line = _one_error_line(CliRunner().invoke(app, [
+        "train", "--config", str(config), "--data-root", str(tmp_path / "nothing"), "--set", setting]))
+    for word in words:
+        assert word in line, line
+    assert not (tmp_path / "nothing").exists()
+
+
 def test_cnnkit_models_lists_each_setting_with_its_default_and_type():
     import json
 

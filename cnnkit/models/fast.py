@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnkit.models.common import spatial_size
 from cnnkit.shapes import SHAPE_RULES, Pair, conv2d_hw, pool2d_hw
 
 
@@ -87,9 +88,8 @@ class FastNet(nn.Module):
             raise ValueError(f"whiten_kernel: need a kernel of at least 1 pixel, got {whiten_kernel}")
         if not 0 <= bn_momentum <= 1:
             raise ValueError(f"bn_momentum: the weight of the old running statistics, in [0, 1], got {bn_momentum}")
-        hw = conv2d_hw(tuple(input_size), whiten_kernel)
-        for _ in range(3):
-            hw = pool2d_hw(hw, 2)
+        hw = spatial_size("fast", input_size, [("whiten", conv2d_hw, whiten_kernel), ("group1.pool", pool2d_hw, 2),
+                                               ("group2.pool", pool2d_hw, 2), ("group3.pool", pool2d_hw, 2)])
         whiten_width = 2 * in_channels * whiten_kernel**2  # each eigenvector with both signs
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel, bias=True)
         self.whiten.weight.requires_grad_(False)  # set once from the data by `init_from_data`

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.build import input_shape
+from cnnkit.build import check_model_builds, input_shape
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
@@ -97,6 +97,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     if config.train.tensorboard:
         require_tensorboard()  # before the data loads: a missing package fails in a second
     task = task_for(config)
+    check_model_builds(config)  # a model that cannot be built fails now, not after the data loads
     # The first optimiser imports torch._dynamo (~1 s); do that while the data loads.
     threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True).start()
     prepared = _prepare(config, data_root)
