@@ -133,15 +133,29 @@ def tiny_image_root(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "tiny_images", n_train_per_class=20, n_test_per_class=10)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path_factory.mktemp("cnnkit-cache")))
-    monkeypatch.delenv("CNNKIT_DATA", raising=False)
+def _isolate(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    mp.setenv("CNNKIT_CACHE", str(cache))
+    mp.delenv("CNNKIT_DATA", raising=False)
     # With no root named, cnnkit downloads into ./data: in tests that must fail fast and locally (a
     # closed port on 127.0.0.1, i.e. "no network"), never reach the internet. test_download.py
     # points these at its own local server.
-    monkeypatch.setenv("CNNKIT_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
-    monkeypatch.delenv("CNNKIT_CIFAR10_MD5", raising=False)
+    mp.setenv("CNNKIT_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    mp.delenv("CNNKIT_CIFAR10_MD5", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory: pytest.TempPathFactory):
+    """The same isolation for module-scoped fixtures, which pytest sets up before any function-scoped
+    one: CNNKIT_DATA beats data.root, so a module fixture training "tiny" data under CI's CNNKIT_DATA
+    trained on the real CIFAR-10 instead (73–140 s for test_export's, measured)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("cnnkit-cache-session"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _isolate(monkeypatch, tmp_path_factory.mktemp("cnnkit-cache"))
 
 
 @pytest.fixture(autouse=True)
