@@ -172,7 +172,9 @@ class TrainConfig(Section):
     # 0 or null: no average.
     ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the device computes it natively (a GPU of compute capability 8.0+, a CPU with
+    # AVX512-BF16 or AMX), else fp32; the run's saved config records what it resolved to.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     compile: bool = False
     channels_last: bool = False
     # None = all cores.
