@@ -88,6 +88,11 @@ class DataConfig(Section):
     # random: each image flips with p = 0.5 every epoch; alternate: each image flips on every other
     # epoch, starting from a random half (airbench), so consecutive epochs always see both sides.
     flip_mode: Literal["random", "alternate"] = "random"
+    # Photometric jitter of the normalised images, one draw per image each epoch (the 2025 CIFAR-10
+    # speedrun record's): shift every pixel by a brightness in [−brightness, brightness], then scale
+    # by a contrast in [1 − contrast, 1 + contrast]. 0 = off (and no random draws are made).
+    brightness: float = Field(default=0.0, ge=0)
+    contrast: float = Field(default=0.0, ge=0, lt=1)
     # None = computed from the training images and written into the resolved config.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
@@ -167,7 +172,9 @@ class TrainConfig(Section):
     # 0 or null: no average.
     ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the device computes it natively (a GPU of compute capability 8.0+, a CPU with
+    # AVX512-BF16 or AMX), else fp32; the run's saved config records what it resolved to.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     compile: bool = False
     channels_last: bool = False
     # None = all cores.

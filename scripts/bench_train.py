@@ -124,7 +124,7 @@ def bare_loop(config_path: str, extra_sets: list[str], device: str, seconds: flo
     sync()
     seconds = time.perf_counter() - t0
     return {"images_per_s": steps * train.batch_size / seconds, "batch": train.batch_size, "steps": steps,
-            "precision": train.precision, "device": str(runtime.device), "threads": runtime.threads}
+            "precision": runtime.precision, "device": str(runtime.device), "threads": runtime.threads}
 
 
 def measure_data_and_eval(run_dir: Path, data_root: str | None) -> dict:

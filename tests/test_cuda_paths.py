@@ -48,6 +48,50 @@ def test_bf16_is_refused_on_the_chosen_gpu_without_native_bf16(monkeypatch):
     assert setup_runtime("cuda:1", "fp16", threads=1).precision == "fp16"  # and fp16 works on the T4
 
 
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, native, expected):
+    from cnnkit import device
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    runtime = device.setup_runtime("cpu", "auto", threads=1)
+    assert runtime.precision == expected and runtime.warnings == []
+    assert f"precision {expected} (auto: this CPU has " in runtime.describe()
+
+
+def test_auto_precision_on_gpus_follows_their_compute_capability(monkeypatch):
+    from cnnkit.device import setup_runtime
+
+    _fake_gpus(monkeypatch, [(9, 0), (7, 5)], ["NVIDIA H100", "Tesla T4"])
+    assert setup_runtime("cuda:0", "auto", threads=1).precision == "bf16"
+    assert setup_runtime("cuda:1", "auto", threads=1).precision == "fp32"  # not an error, as explicit bf16 is
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_instructions_warns_once_and_trains(tmp_path, tiny_image_root,
+                                                                                 monkeypatch):
+    """Slow, not wrong: the run goes on in bf16, and its first lines say why it will be slow and what to
+    set instead. With precision auto the same machine trains in fp32, and the saved config says so."""
+    from cnnkit import device
+    from cnnkit.cli import _state
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    _state["debug"] = False
+    base = ["--config", "configs/lenet.yaml", "--set", f"data.root={tiny_image_root}", "--set", "data.val_split=20",
+            "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "train.device=cpu",
+            "--set", "train.threads=1", "--set", f"output.dir={tmp_path}", "--quiet"]
+    result = CliRunner().invoke(app, ["train", *base, "--name", "bf16", "--set", "train.precision=bf16"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "no AVX512-BF16/AMX" in warnings[0] and "train.precision=auto" in warnings[0]
+    assert "precision: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
+
+    result = CliRunner().invoke(app, ["train", *base, "--name", "auto", "--set", "train.precision=auto"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output
+    assert "precision fp32 (auto: this CPU has no bf16 instructions)" in result.output
+    assert "precision: fp32" in (tmp_path / "auto" / "config.yaml").read_text()
+
+
 # ---------------------------------------------------------------------------------------- --nproc
 
 

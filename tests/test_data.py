@@ -31,7 +31,7 @@ from cnnkit.data import (
     take_subset,
     to_grayscale,
 )
-from cnnkit.errors import DataError
+from cnnkit.errors import ConfigError, DataError
 
 # From torchvision.datasets.CIFAR10.train_list.
 OFFICIAL_MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f"}
@@ -725,3 +725,63 @@ def test_messages_show_paths_relative_or_under_home(tmp_path, monkeypatch):
     assert first.source.startswith("image folder ../shared/tiny (decoded, cached: ~/.cache/cnnkit/")
     assert second.source.startswith("image folder ../shared/tiny (cached: ~/.cache/cnnkit/")
     assert str(tmp_path) not in first.source + second.source
+
+
+# ---------------------------------------------------------------------------------------------
+# Brightness / contrast jitter (data.brightness, data.contrast)
+
+
+def _jitter_config(**data):
+    from cnnkit.config import Config
+
+    return Config.model_validate({"model": {"name": "lenet"},
+                                  "data": {"augment": True, "crop_padding": 2, "pad_mode": "reflect", **data}})
+
+
+def test_jitter_shifts_then_scales_each_image_by_its_own_draw_for_the_whole_epoch() -> None:
+    from cnnkit.tasks import TASKS
+    from cnnkit.training.loop import _augmenter
+
+    n, b, c = 40, 0.14, 0.13
+    augment = _augmenter(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 0, n, torch.device("cpu"))
+    inputs = torch.randn(n, 3, 8, 8)  # (n, C, H, W) normalised
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    out = augment.colour(inputs[idx], idx)  # (n, C, H, W)
+    # out = (x + shift) · scale per image: recover both from two pixels and check they are constants.
+    x, y = inputs[idx], out
+    scale = (y[:, 0, 0, 1] - y[:, 0, 0, 0]) / (x[:, 0, 0, 1] - x[:, 0, 0, 0])  # (n,)
+    shift = y[:, 0, 0, 0] / scale - x[:, 0, 0, 0]  # (n,)
+    torch.testing.assert_close(out, (x + shift.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1), rtol=1e-4, atol=1e-4)
+    assert shift.abs().max() <= b + 1e-4 and (scale - 1).abs().max() <= c + 1e-4
+    assert shift.std() > b / 4 and (scale - 1).std() > c / 4  # a draw per image, not one for the batch
+    # The same image gets the same draw wherever it sits in the epoch's batches ...
+    again = augment.colour(inputs[:5], torch.arange(5))
+    torch.testing.assert_close(again, out[torch.argsort(idx)][:5])
+    # ... and a new one the next epoch.
+    next_epoch = _augmenter(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 1, n, torch.device("cpu"))
+    assert not torch.allclose(next_epoch.colour(inputs[:5], torch.arange(5)), again)
+
+
+def test_jitter_off_draws_nothing_so_earlier_runs_keep_their_crops() -> None:
+    from cnnkit.tasks import TASKS
+    from cnnkit.training.loop import _augmenter
+
+    images = random_images(b=16)
+    idx = torch.arange(16)
+    off = _augmenter(_jitter_config(), TASKS["classify"], 3, 16, torch.device("cpu"))
+    assert off.colour(images, idx) is images
+    # The crops are those of a generator seeded (seed, epoch), untouched by the jitter's draws.
+    expected = augment_batch(images, crop_padding=2, hflip=True, pad_mode="reflect",
+                             generator=torch.Generator().manual_seed(0 * 1_000_003 + 3))
+    assert torch.equal(off.pixels(images, idx), expected)
+    on = _augmenter(_jitter_config(brightness=0.1), TASKS["classify"], 3, 16, torch.device("cpu"))
+    assert not torch.equal(on.pixels(images, idx), expected)  # the jitter draws first when it is on
+
+
+@pytest.mark.parametrize(("setting", "words"), [("data.contrast=1", "data.contrast"),
+                                                ("data.brightness=-0.1", "data.brightness")])
+def test_jitter_out_of_range_is_refused_by_the_config(setting: str, words: str) -> None:
+    from cnnkit.config import load_config
+
+    with pytest.raises(ConfigError, match=words):
+        load_config("configs/lenet.yaml", [setting])

@@ -28,7 +28,7 @@ WINDOWS = math.ceil(STEPS / 2)
 def _fast(tmp_path, root, *extra):
     return load_config("configs/fast.yaml", [f"data.root={root}", f"output.dir={tmp_path}", *TINY,
                                              "model.kwargs={widths: [8, 16, 16]}", "train.data_init_images=100",
-                                             *extra])
+                                             "train.precision=bf16", *extra])  # bf16 on any CPU (auto may not)
 
 
 def _lenet(tmp_path, root, *extra):
@@ -39,8 +39,13 @@ def _edge(tmp_path, root, *extra):
     return load_config("configs/edge.yaml", ["train.device=cpu", "train.epochs=2", f"output.dir={tmp_path}", *extra])
 
 
-@pytest.mark.parametrize("make, epochs, windows", [(_fast, 1, WINDOWS), (_lenet, 1, WINDOWS), (_edge, 2, 2)],
-                         ids=["fast", "lenet", "edge"])
+def _fast_jitter(tmp_path, root, *extra):
+    return _fast(tmp_path, root, "data.brightness=0.14", "data.contrast=0.14", *extra)
+
+
+@pytest.mark.parametrize("make, epochs, windows",
+                         [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_lenet, 1, WINDOWS), (_edge, 2, 2)],
+                         ids=["fast", "fast+jitter", "lenet", "edge"])
 def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_image_root, monkeypatch, make,
                                                                 epochs, windows):
     # fast: Muon + 3 SGD groups, bf16 autocast, reflect crops, alternating flips, TTA at the end;

@@ -49,6 +49,8 @@ class _TrainView:
             f" / test {e['test_n']:,}" if e["test_n"] else "")
         # setup_s covers data, model and optimiser (whose first use imports torch._dynamo, ~2 s here).
         print(f"data: {e['source']}: {split}; set-up {e['setup_s']:.1f} s", flush=True)
+        for warning in e.get("warnings", ()):
+            _warn(warning)
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -41,6 +41,8 @@ from cnnkit.data.transforms import (
     augment_batch,
     channel_stats,
     channel_tensors,
+    jitter_batch,
+    jitter_draws,
     normalize,
     to_grayscale,
 )
@@ -50,7 +52,8 @@ __all__ = [
     "DataRoot",
     "DatasetEntry", "Prepared", "PreparedTest", "Split", "alternating_flips", "augment_batch", "channel_tensors",
     "channel_stats", "choose_data_root", "default_cache_dir", "download_cifar10", "epoch_permutation",
-    "fetch_cifar10", "fetch_data", "inspect_cifar10", "load_cifar10", "load_cifar10_test", "normalize",
+    "fetch_cifar10", "fetch_data", "inspect_cifar10", "jitter_batch", "jitter_draws", "load_cifar10",
+    "load_cifar10_test", "normalize",
     "prepare_data", "prepare_test",
     "resolve_data_root", "split_train_val", "take_subset", "to_device", "to_grayscale",
 ]

@@ -93,6 +93,20 @@ def augment_batch(
     ]  # (B, C, H, W)
 
 
+def jitter_draws(n: int, brightness: float, contrast: float, generator: torch.Generator,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's photometric draws for n images, made on the device: (shift (n,), scale (n,)),
+    shift uniform in [−brightness, brightness] and scale in [1 − contrast, 1 + contrast]."""
+    shift = (torch.rand(n, generator=generator, device=device) * 2 - 1) * brightness  # (n,)
+    scale = 1 + (torch.rand(n, generator=generator, device=device) * 2 - 1) * contrast  # (n,)
+    return shift, scale
+
+
+def jitter_batch(inputs: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(inputs + shift) · scale, one shift and one scale per image of the normalised batch (B, C, H, W)."""
+    return (inputs + shift.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)  # (B, C, H, W)
+
+
 def alternating_flips(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """(n,) bool: which of the n training images to mirror in `epoch`. A random half (fixed by the
     seed) on even epochs and the other half on odd ones, so every image is seen both ways in any two

@@ -91,6 +91,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     dist = distributed.setup(config.train.device)
     runtime = setup_runtime(dist.device_spec, config.train.precision, config.train.threads,
                             config.train.channels_last, config.train.deterministic)
+    config.train.precision = runtime.precision  # "auto" resolved: the saved config says what ran
     if distributed.rank() != 0:
         report = lambda event: None  # noqa: E731  (only rank 0 talks)
     distributed.check_batch(config.train.batch_size)
@@ -165,7 +166,8 @@ def _start_event(run: Run, state: TrainState) -> dict:
             "test_n": len(p.test) if p.test is not None else 0, "epochs": run.config.train.epochs,
             "start_epoch": state.start_epoch, "steps_per_epoch": state.steps_per_epoch,
             "world_size": distributed.world_size(), "setup_s": time.time() - run.wall_start,
-            "init_from": run.config.train.init_from, "test_is_train": p.test is p.train}
+            "init_from": run.config.train.init_from, "test_is_train": p.test is p.train,
+            "warnings": run.runtime.warnings}
 
 
 # ---------------------------------------------------------------------------------------- one epoch

@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from cnnkit.config import Config
-from cnnkit.data import Split, alternating_flips, augment_batch, channel_tensors, epoch_permutation
+from cnnkit.data import (
+    Split,
+    alternating_flips,
+    augment_batch,
+    channel_tensors,
+    epoch_permutation,
+    jitter_batch,
+    jitter_draws,
+)
 from cnnkit.device import Runtime
 from cnnkit.errors import TrainingError
 from cnnkit.tasks import Task
@@ -101,9 +109,10 @@ def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch
     and the batch's loss, hits and non-finite count added into `sums` (3,). Returns the loss, on the
     device; nothing here reads a value back to the host (save fp16's skip decision)."""
     # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
-    images = augment(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
+    images = augment.pixels(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
     images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
     inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
+    inputs = augment.colour(inputs, distributed.shard(idx))  # (b, C, H, W)
     targets = task.targets(inputs, labels)
     with runtime.autocast():
         outputs = model(inputs)
@@ -116,21 +125,42 @@ def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch
     return loss
 
 
-def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.device):
-    """(uint8 batch, its indices) → the augmented batch, with this epoch's draws on the device.
+@dataclass
+class Augmenter:
+    """One epoch's augmentation, its random draws made on the device when the epoch starts.
+
+    pixels: (uint8 global batch (B, C, H, W), its indices (B,)) → the translated / flipped batch;
+    colour: (normalised batch (b, C, H, W), its indices (b,)) → the brightness / contrast jittered one.
+    """
+
+    pixels: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    colour: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _unchanged(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.device) -> Augmenter:
+    """This epoch's augmentation for the n training images.
 
     Every rank augments the whole global batch with the same draws (a generator seeded by
     (seed, epoch)) and then keeps its share: the result is the one a single process gets.
     """
     data_cfg = config.data
     if not (data_cfg.augment and task.augments):
-        return lambda images, idx: images
+        return Augmenter(_unchanged, _unchanged)
     generator = torch.Generator(device=device).manual_seed(config.train.seed * 1_000_003 + epoch)
+    colour = _unchanged
+    if data_cfg.brightness or data_cfg.contrast:  # drawn first, and only when asked: runs without keep their draws
+        shift, scale = jitter_draws(n, data_cfg.brightness, data_cfg.contrast, generator, device)  # (n,), (n,)
+        colour = lambda inputs, idx: jitter_batch(inputs, shift[idx], scale[idx])  # noqa: E731
     flips = (alternating_flips(n, config.train.seed, epoch, device)
              if data_cfg.hflip and data_cfg.flip_mode == "alternate" else None)  # (n,) bool
-    return lambda images, idx: augment_batch(images, crop_padding=data_cfg.crop_padding, hflip=data_cfg.hflip,
-                                             generator=generator, pad_mode=data_cfg.pad_mode,
-                                             flip=None if flips is None else flips[idx])
+    pixels = lambda images, idx: augment_batch(images, crop_padding=data_cfg.crop_padding,  # noqa: E731
+                                               hflip=data_cfg.hflip, generator=generator,
+                                               pad_mode=data_cfg.pad_mode, flip=None if flips is None else flips[idx])
+    return Augmenter(pixels, colour)
 
 
 def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, epoch: int, step: int,
