@@ -433,7 +433,7 @@ def test_two_commands_share_a_study_in_postgresql(tmp_path: Path, postgres_url: 
     config = _tiny_config(tmp_path, epochs=1)
     space = _space(tmp_path, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
     args = ["tune", "--config", str(config), "--space", str(space), "--trials", "4", "--study", "pg",
-            "--storage", postgres_url, "--pruner", "none"]
+            "--storage", postgres_url, "--pruner", "none", "--workers", "1"]
     # The same command twice, as on two machines: one study, its trials shared out.
     jobs = [_start(tmp_path, f"pg{i}", *args) for i in range(2)]
     for proc, log in jobs:

@@ -35,7 +35,12 @@ def test_orthogonalize_pushes_singular_values_towards_one():
     assert s.min() > 0.5 and s.max() < 1.3  # the quintic's band, not exactly 1
 
 
-def test_muon_step_matches_reference_formula():
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-device", "fp32-elsewhere"])
+def test_muon_step_matches_reference_formula(monkeypatch, native_bf16):
+    """The Newton–Schulz iteration runs in bf16 where the device has native bf16 matmuls, else in fp32."""
+    from cnnkit.optim import muon
+
+    monkeypatch.setattr(muon, "bf16_native", lambda device: native_bf16)
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
     opt = Muon([w], lr=0.1, momentum=0.5, nesterov=True, ns_steps=3)
@@ -46,12 +51,12 @@ def test_muon_step_matches_reference_formula():
     for g in grads:
         w.grad = g.clone()
         opt.step()
-        # The reference: nesterov momentum, renormalised filter bank, quintic Newton–Schulz in bf16.
+        # The reference: nesterov momentum, renormalised filter bank, quintic Newton–Schulz.
         buf = 0.5 * buf + g
         direction = (g + 0.5 * buf).reshape(4, -1)
         expected = expected * (4 ** 0.5 / expected.norm())
         a, b, c = NS_COEFFS
-        x = direction.bfloat16()
+        x = direction.to(torch.bfloat16 if native_bf16 else torch.float32)
         x = x / (x.norm() + 1e-7)
         for _ in range(3):
             gram = x @ x.T
