@@ -172,6 +172,11 @@ class TrainConfig(Section):
     # 0 or null: no average.
     ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
+    # Forward and backward each batch in chunks of this many images, one optimiser step per batch (the
+    # gradients add up to the whole batch's; BatchNorm sees each chunk alone: ghost batch norm). On
+    # the CPU smaller chunks stay in cache: the fast model's fp32 step over 2,000 images took 6.1 s in
+    # chunks of 250 against 8.0 s whole (AVX2 EPYC, 2 threads). None: the whole batch at once.
+    micro_batch: Optional[int] = Field(default=None, ge=1)
     # auto: bf16 where the device computes it natively (a GPU of compute capability 8.0+, a CPU with
     # AVX512-BF16 or AMX), else fp32; the run's saved config records what it resolved to.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"

@@ -39,13 +39,18 @@ def _edge(tmp_path, root, *extra):
     return load_config("configs/edge.yaml", ["train.device=cpu", "train.epochs=2", f"output.dir={tmp_path}", *extra])
 
 
+def _lenet_micro(tmp_path, root, *extra):
+    return _lenet(tmp_path, root, "train.micro_batch=12", *extra)  # chunks of 12, 12 and 8 in each batch of 32
+
+
 def _fast_jitter(tmp_path, root, *extra):
     return _fast(tmp_path, root, "data.brightness=0.14", "data.contrast=0.14", *extra)
 
 
 @pytest.mark.parametrize("make, epochs, windows",
-                         [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_lenet, 1, WINDOWS), (_edge, 2, 2)],
-                         ids=["fast", "fast+jitter", "lenet", "edge"])
+                         [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_lenet, 1, WINDOWS),
+                          (_lenet_micro, 1, WINDOWS), (_edge, 2, 2)],
+                         ids=["fast", "fast+jitter", "lenet", "lenet+micro_batch", "edge"])
 def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_image_root, monkeypatch, make,
                                                                 epochs, windows):
     # fast: Muon + 3 SGD groups, bf16 autocast, reflect crops, alternating flips, TTA at the end;

@@ -406,3 +406,29 @@ def test_label_smoothing_changes_the_training_loss_as_its_formula_says(tmp_path,
     assert first_loss(0.0) == pytest.approx(ce, rel=1e-5)
     assert first_loss(s) == pytest.approx((1 - s) * ce + s * uniform, rel=1e-5)
     assert abs((1 - s) * ce + s * uniform - ce) > 1e-3  # the two differ: the test can tell them apart
+
+
+def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path, tiny_image_root):
+    """Without BatchNorm, a batch of 32 taken in chunks of 8 (and of 12: a short last chunk) ends in
+    the same weights and the same epoch figures as the batch taken whole; with BatchNorm each chunk is
+    normalised by its own statistics (ghost batch norm), so the runs differ."""
+    base = ("data.augment=true", "schedule.name=onecycle", "optim.name=sgd")  # SGD: the gradient's scale matters
+    whole = fit(tiny_config(tmp_path, tiny_image_root, *base, epochs=2), run_name="whole")
+    for micro in (8, 12):
+        chunked = fit(tiny_config(tmp_path, tiny_image_root, *base, f"train.micro_batch={micro}", epochs=2),
+                      run_name=f"micro{micro}")
+        a, b = (load_checkpoint(r.run_dir / "last.pt")["model"] for r in (whole, chunked))
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=f"micro_batch={micro}: {key}")
+        for row_a, row_b in zip(whole.history, chunked.history, strict=True):
+            assert row_b["train_loss"] == pytest.approx(row_a["train_loss"], rel=1e-4)
+            assert row_b["train_acc"] == row_a["train_acc"] and row_b["val_acc"] == row_a["val_acc"]
+    bn = [fit(tiny_config(tmp_path, tiny_image_root, *base, *extra, model="bn_cnn", epochs=1), run_name=name)
+          for name, extra in (("bn-whole", ()), ("bn-micro", ("train.micro_batch=8",)))]
+    a, b = (load_checkpoint(r.run_dir / "last.pt")["model"] for r in bn)
+    assert any(not torch.allclose(a[k].float(), b[k].float()) for k in a if "running_mean" in k)
+
+
+def test_micro_batch_must_be_positive():
+    with pytest.raises(ConfigError, match="micro_batch"):
+        load_config(None, ["train.micro_batch=0"])

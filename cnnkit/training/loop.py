@@ -8,6 +8,7 @@ resumed run or another DDP rank makes the same ones. Nothing here prints: progre
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
             raise StopRequested()
         loss = _train_step(model, optimizer, scheduler, split, order[step], augment, sums, task=task,
                            runtime=runtime, mean_t=mean_t, std_t=std_t, scaler=scaler, ema=ema,
-                           smoothing=train_cfg.label_smoothing, grad_clip=train_cfg.grad_clip)
+                           smoothing=train_cfg.label_smoothing, grad_clip=train_cfg.grad_clip,
+                           micro_batch=train_cfg.micro_batch)
         seen += order.shape[1] // distributed.world_size()  # this rank's share (distributed.shard)
         shown = None  # the loss the progress view shows, known only at a sync point
         if (step + 1 - window_start) >= train_cfg.sync_every or step + 1 == len(order):
@@ -104,24 +106,41 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
 
 def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch.Tensor, augment, sums: torch.Tensor,
                 *, task: Task, runtime: Runtime, mean_t: torch.Tensor, std_t: torch.Tensor, scaler,
-                ema: WeightEMA | None, smoothing: float, grad_clip: float | None) -> torch.Tensor:
+                ema: WeightEMA | None, smoothing: float, grad_clip: float | None,
+                micro_batch: int | None = None) -> torch.Tensor:
     """One step on the global batch `idx` (B,): this rank's share forward and backward, the update,
     and the batch's loss, hits and non-finite count added into `sums` (3,). Returns the loss, on the
-    device; nothing here reads a value back to the host (save fp16's skip decision)."""
+    device; nothing here reads a value back to the host (save fp16's skip decision).
+
+    With `micro_batch` the share goes forward and backward in chunks of that many images, each
+    chunk's loss weighted by its share of the batch, so the gradients add up to the whole batch's
+    (BatchNorm then normalises each chunk by its own statistics: ghost batch norm)."""
     # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
     images = augment.pixels(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
     images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
     inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
     inputs = augment.colour(inputs, distributed.shard(idx))  # (b, C, H, W)
     targets = task.targets(inputs, labels)
-    with runtime.autocast():
-        outputs = model(inputs)
-        loss = task.loss(outputs.float(), targets, smoothing)
-    _step(loss, model, optimizer, scheduler, scaler, ema, grad_clip)
-    loss = loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    b = labels.shape[0]
+    size = micro_batch if micro_batch and micro_batch < b else b
+    loss, hits = None, None
+    for lo in range(0, b, size):
+        last = lo + size >= b
+        # Under DDP the gradients are all-reduced once, with the last chunk's backward.
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with runtime.autocast():
+                outputs = model(inputs[lo: lo + size])  # (m, K)
+                chunk_loss = task.loss(outputs.float(), targets[lo: lo + size], smoothing)
+            if size < b:
+                chunk_loss = chunk_loss * (outputs.shape[0] / b)  # this chunk's share of the batch mean
+            _backward(chunk_loss, scaler)
+        loss = chunk_loss.detach() if loss is None else loss + chunk_loss.detach()
+        chunk_hits = task.hits(outputs, labels[lo: lo + size])
+        hits = chunk_hits if hits is None else hits + chunk_hits
+    _update(model, optimizer, scheduler, scaler, ema, grad_clip)
     finite = torch.isfinite(loss)
-    sums += torch.stack([torch.where(finite, loss, 0.0).double() * labels.shape[0],
-                         task.hits(outputs, labels).double(), (~finite).double()])
+    sums += torch.stack([torch.where(finite, loss, 0.0).double() * b, hits.double(), (~finite).double()])
     return loss
 
 
@@ -208,13 +227,24 @@ def _now(device: torch.device) -> float:
 
 def _step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, scaler, ema: WeightEMA | None,
           grad_clip: float | None) -> None:
-    """Backward, clip, optimiser and schedule step, EMA update (fp16 through the grad scaler)."""
+    """A whole step from one loss: fresh gradients, backward, update."""
     optimizer.zero_grad(set_to_none=True)
+    _backward(loss, scaler)
+    _update(model, optimizer, scheduler, scaler, ema, grad_clip)
+
+
+def _backward(loss: torch.Tensor, scaler) -> None:
+    """Gradients of `loss` added into .grad (fp16 through the grad scaler)."""
     if scaler is not None:
         scaler.scale(loss).backward()
-        optimizer.unscale_(scaler)
     else:
         loss.backward()
+
+
+def _update(model: nn.Module, optimizer, scheduler, scaler, ema: WeightEMA | None, grad_clip: float | None) -> None:
+    """Clip, optimiser and schedule step, EMA update, once the step's gradients are all in."""
+    if scaler is not None:
+        optimizer.unscale_(scaler)
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step(scaler)  # through the scaler, which skips the step on an fp16 overflow
