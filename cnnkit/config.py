@@ -173,9 +173,10 @@ class TrainConfig(Section):
     ema_decay: Optional[float] = Field(default=None, ge=0, lt=1)
     grad_clip: Optional[float] = Field(default=None, gt=0)
     # Forward and backward each batch in chunks of this many images, one optimiser step per batch (the
-    # gradients add up to the whole batch's; BatchNorm sees each chunk alone: ghost batch norm). On
-    # the CPU smaller chunks stay in cache: the fast model's fp32 step over 2,000 images took 6.1 s in
-    # chunks of 250 against 8.0 s whole (AVX2 EPYC, 2 threads). None: the whole batch at once.
+    # gradients add up to the whole batch's; BatchNorm sees each chunk alone: ghost batch norm): a
+    # batch larger than the memory holds, or ghost BN's regularisation. Not a speed-up on the CPU
+    # (scripts/bench_micro_batch.py: the fast model, fp32, 0.96-0.99x the whole batch's img/s).
+    # None: the whole batch at once.
     micro_batch: Optional[int] = Field(default=None, ge=1)
     # auto: bf16 where the device computes it natively (a GPU of compute capability 8.0+, a CPU with
     # AVX512-BF16 or AMX), else fp32; the run's saved config records what it resolved to.
