@@ -78,8 +78,8 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX) for oneDNN's convolutions.
 
     Without them, bf16 convolutions fall back to torch's generic im2col + reference GEMM: measured
-    on an AVX2-only AMD EPYC (2 cores), the fast model's training step ran 13× slower in bf16 than
-    in fp32 (23 against 296 img/s)."""
+    on an AVX2-only AMD EPYC (2 cores), the fast model's forward and backward ran 14× slower in bf16
+    than in fp32 (25 against 360 img/s, scripts/bench_micro_batch.py)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -125,7 +125,7 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | 
     if precision == "bf16" and dev.type == "cpu" and not cpu_bf16_native():
         # Slow, not wrong: the run goes on (its numbers are bf16's), but the user should know why.
         warnings.append("train.precision=bf16 on a CPU without bf16 instructions (no AVX512-BF16/AMX): "
-                        "convolutions take a generic fallback, ~13× slower than fp32 on such a CPU; "
+                        "convolutions take a generic fallback, ~14× slower than fp32 on such a CPU; "
                         "use --set train.precision=auto (bf16 only where it is native) or fp32")
     if precision == "fp16" and dev.type == "cpu":
         raise DeviceError("train.precision=fp16 needs CUDA; on the CPU use --set train.precision=bf16 or fp32 "
