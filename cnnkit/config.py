@@ -271,7 +271,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _apply_override(raw: dict, path: list[str], value: Any, origin: str) -> None:
     node = raw
     schema: type[BaseModel] | None = Config
-    for depth, part in enumerate(path):
+    depth = 0
+    while True:
+        part = path[depth]
         is_last = depth == len(path) - 1
         fields = schema.model_fields if schema is not None else None
         if fields is not None and part not in fields:
@@ -284,6 +286,15 @@ def _apply_override(raw: dict, path: list[str], value: Any, origin: str) -> None
             node[part] = value
             return
         annotation = fields[part].annotation if fields is not None else None
+        item_schema = _list_item_schema(annotation)
+        if item_schema is not None:
+            # A list of sections (optim.groups): the next part is an entry's position, e.g.
+            # optim.groups.0.lr, so that one group's setting can be swept like any other key.
+            node, depth = _list_entry(node, part, path, depth, value, origin)
+            if node is None:
+                return
+            schema = item_schema
+            continue
         schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if fields is not None and schema is None and not _is_mapping_annotation(annotation):
             # e.g. --set train.epochs.x=3: epochs is a value, there is nothing below it.
@@ -298,6 +309,38 @@ def _apply_override(raw: dict, path: list[str], value: Any, origin: str) -> None
             raise ConfigError(f"{origin}: '{'.'.join(path[: depth + 1])}' in the config is "
                               f"{type(child).__name__} {child!r}, not a mapping; fix the file first")
         node = child
+        depth += 1
+
+
+def _list_item_schema(annotation) -> type[BaseModel] | None:
+    """X for an annotation list[X] where X is a config section, else None."""
+    if getattr(annotation, "__origin__", None) is not list:
+        return None
+    (item,) = getattr(annotation, "__args__", (None,))
+    return item if isinstance(item, type) and issubclass(item, BaseModel) else None
+
+
+def _list_entry(node: dict, part: str, path: list[str], depth: int, value: Any, origin: str):
+    """Step from a list of sections into entry path[depth + 1]: (that entry, its depth), or
+    (None, depth) once `value` has replaced the whole entry (`--set optim.groups.0={...}`)."""
+    name = ".".join(path[: depth + 1])
+    entries = node.get(part)
+    if not isinstance(entries, list):
+        raise ConfigError(f"{origin}: '{name}' has no entries in the config to index; write the whole "
+                          f"list in the YAML file (or --set {name}=[...])")
+    position = path[depth + 1]
+    if not position.isdigit() or int(position) >= len(entries):
+        raise ConfigError(f"{origin}: '{name}.{position}': {name} has {len(entries)} entries, so the part "
+                          f"after '{name}.' is their position, 0 to {len(entries) - 1}")
+    index = int(position)
+    if depth + 1 == len(path) - 1:
+        entries[index] = value
+        return None, depth
+    entry = entries[index]
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{origin}: '{name}.{index}' in the config is {type(entry).__name__} "
+                          f"{entry!r}, not a mapping; fix the file first")
+    return entry, depth + 2
 
 
 def _format_error(err: dict, source: str, overridden: dict[tuple, str]) -> str:

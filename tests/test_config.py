@@ -250,6 +250,45 @@ def test_set_invalid_value_names_the_set_not_the_file(tmp_path):
     assert "--set train.batch_size=big" in message
 
 
+_GROUPS = """\
+optim:
+  name: sgd
+  lr: 0.1
+  groups:
+    - {params: ["conv*"], name: adam, lr: 0.01}
+    - {params: ["fc*"], name: sgd, lr: 0.1, kwargs: {momentum: 0.9}}
+"""
+
+
+def test_set_reaches_one_entry_of_a_list_of_sections(tmp_path):
+    # optim.groups.1.lr: one parameter group's setting, so that a sweep can vary it like any key.
+    path = _write(tmp_path, _GROUPS)
+    config = load_config(path, ["optim.groups.1.lr=0.3", "optim.groups.1.kwargs.momentum=0.8"])
+    assert config.optim.groups[1].lr == 0.3 and config.optim.groups[1].kwargs == {"momentum": 0.8}
+    assert config.optim.groups[0].lr == 0.01 and config.optim.groups[0].name == "adam"
+    config = load_config(path, ["optim.groups.0={params: [conv1.weight], name: sgd, lr: 0.2}"])
+    assert config.optim.groups[0].params == ["conv1.weight"] and config.optim.groups[0].name == "sgd"
+    assert len(config.optim.groups) == 2
+
+
+@pytest.mark.parametrize(("override", "needles"), [
+    ("optim.groups.2.lr=0.3", ["--set optim.groups.2.lr=0.3", "has 2 entries", "0 to 1"]),
+    ("optim.groups.x.lr=0.3", ["--set optim.groups.x.lr=0.3", "their position"]),
+    ("optim.groups.0.lrr=0.3", ["unknown key 'optim.groups.0.lrr'", "did you mean 'lr'"]),
+    ("optim.groups.0.lr=-1", ["--set optim.groups.0.lr=-1", "optim.groups.0.lr", "greater than 0"]),
+    ("optim.groups.0.lr.x=1", ["'optim.groups.0.lr' is a value"]),
+])
+def test_set_into_a_list_names_what_is_wrong(tmp_path, override, needles):
+    message = _error(_write(tmp_path, _GROUPS), [override])
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_set_into_a_list_the_config_does_not_have():
+    message = _error(None, ["optim.groups.0.lr=0.3"])
+    assert "'optim.groups' has no entries" in message and "--set optim.groups=[...]" in message
+
+
 def test_set_cannot_hide_a_file_error(tmp_path):
     path = _write(tmp_path, "train:\n  epoch: 5\n")
     message = _error(path, ["train.epochs=3"])

@@ -96,6 +96,10 @@ def test_grid_values_seeds_and_cells():
     assert len(plan) == 8 and plan[0].name == "lr=0.1,batch_size=8-seed0"
     assert plan[1].overrides == ["optim.lr=0.1", "train.batch_size=8", "train.seed=1"]
     assert len({c.name for c in plan}) == 8
+    # A key into a list of sections keeps the list's name in the label: which lr is swept.
+    plan = cells(parse_grid(["optim.groups.0.lr=0.2,0.3"]), [0])
+    assert [c.name for c in plan] == ["groups.0.lr=0.2-seed0", "groups.0.lr=0.3-seed0"]
+    assert plan[0].overrides == ["optim.groups.0.lr=0.2", "train.seed=0"]
     for bad in (["optim.lr="], ["optim.lr=0.1,,0.2"], ["optim.lr=0.1,0.1"], ["lr"], ["train.seed=1,2"],
                 ["optim.lr=1", "optim.lr=2"]):
         with pytest.raises(ConfigError):
@@ -332,6 +336,7 @@ def _refused(args: list[str], tmp_path: Path, *needles: str) -> None:
     (["optim.name=adam,sgdd"], ["--grid optim.name=sgdd", "unknown optimiser"]),
     (["optim.lr="], ["empty value"]),
     (["model.kwargs.widths=[8,16]"], ["--grid model.kwargs.widths=[8,16]", "widths not accepted by model 'lenet'"]),
+    (["optim.groups.0.lr=0.1,0.2"], ["--grid optim.groups.0.lr=0.1", "'optim.groups' has no entries"]),
 ])
 def test_sweep_refuses_a_bad_grid_before_anything_runs(tmp_path: Path, grid, needles):
     config = _tiny_config(tmp_path)

@@ -115,10 +115,17 @@ def cells(axes: list[Axis], seeds: list[int]) -> list[Cell]:
 
 
 def setting_label(setting: dict[str, str]) -> str:
-    """'lr=0.003,batch_size=64': each key's last part (the whole key where two would clash)."""
-    short = [k.rpartition(".")[2] for k in setting]
+    """'lr=0.003,batch_size=64': each key's last part (the whole key where two would clash); a key into
+    a list keeps the list's name and the position: optim.groups.0.lr → 'groups.0.lr'."""
+    short = [_short_key(k) for k in setting]
     names = [s if short.count(s) == 1 else k for s, k in zip(short, setting, strict=True)]
     return ",".join(f"{n}={_safe(v)}" for n, v in zip(names, setting.values(), strict=True))
+
+
+def _short_key(key: str) -> str:
+    parts = key.split(".")
+    positions = [i for i, part in enumerate(parts) if part.isdigit()]
+    return ".".join(parts[positions[0] - 1:]) if positions and positions[0] > 0 else parts[-1]
 
 
 def _safe(text: str) -> str:
