@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,15 @@ def real_data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"CNNKIT_DATA={REAL_DATA} is not a folder: real CIFAR-10 tests skipped")
     return root
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """One cache of the decoded real CIFAR-10 for the whole session: the first real-data test decodes
+    (~10 s), the others read it. Removed at the end: 180 MB should not stay in pytest's kept folders."""
+    folder = tmp_path_factory.mktemp("real-cache")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -170,3 +170,6 @@ def test_batch_must_divide_by_world_size(tmp_path, tiny_image_root):
     proc = subprocess.run(cmd, env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2
     assert "train.batch_size=33" in proc.stderr and "Traceback" not in proc.stderr
+    # Refused before any rank started: one line, from this process, with nothing written.
+    assert proc.stderr.strip().count("\n") == 0 and "must divide by the 2 processes" in proc.stderr, proc.stderr
+    assert not any(tmp_path.glob("runs/*")), list(tmp_path.glob("runs/*"))

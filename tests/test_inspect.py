@@ -216,8 +216,8 @@ def test_predict_matches_eval_on_ten_test_images(trained):
     assert all(len(p["top"]) == 2 and p["size"] == [32, 32] for p in data["predictions"])
 
 
-def test_predict_real_cifar10_jpegs(tmp_path, real_data_root, monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path_factory.getbasetemp() / "real-cache"))
+def test_predict_real_cifar10_jpegs(tmp_path, real_data_root, monkeypatch, real_cache_dir):
+    monkeypatch.setenv("CNNKIT_CACHE", str(real_cache_dir))
     config = load_config(Path("configs/lenet.yaml"), [f"output.dir={tmp_path}", "train.epochs=1",
                                                       "data.subset=2000", "data.val_split=0"])
     result = fit(config, data_root=str(real_data_root), run_name="real")

@@ -178,9 +178,9 @@ def test_cli_train_without_data_exits_2(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, tmp_path_factory):
+def test_real_cifar10_lenet_one_epoch(tmp_path, real_data_root, monkeypatch, real_cache_dir):
     # One decode of the real data per test session, shared by every real-data test.
-    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path_factory.getbasetemp() / "real-cache"))
+    monkeypatch.setenv("CNNKIT_CACHE", str(real_cache_dir))
     config = load_config(Path("configs/lenet.yaml"), [f"output.dir={tmp_path}", "train.epochs=1"])
     result = fit(config, data_root=str(real_data_root), run_name="real")
     assert result.test.n == 10_000

@@ -124,6 +124,7 @@ def train_cmd(
     if nproc > 1:
         from cnnkit.training.distributed import launch
 
+        _check_before_launch(config, set_, resume, init_from, nproc)
         raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
 
     try:
@@ -133,6 +134,24 @@ def train_cmd(
         if int(os.environ.get("RANK", "0")) > 0:
             raise typer.Exit(exc.exit_code) from None
         raise
+
+
+def _check_before_launch(config, set_, resume, init_from, nproc: int) -> None:
+    """The config, checked once here before `nproc` processes start: a typo or a batch that does not
+    split over them is one line and exit 2 at once, not the same error from every rank after each
+    has imported torch. The ranks check everything again (and the data, the devices) themselves."""
+    from cnnkit.config import load_config
+    from cnnkit.training.distributed import check_batch
+    from cnnkit.training.fit import resume_config
+
+    if resume is not None:
+        cfg, _ = resume_config(resume, set_ or [])
+    elif config is not None:
+        init = [f"train.init_from={init_from}"] if init_from is not None else []
+        cfg = load_config(config, [*(set_ or []), *init])
+    else:
+        return  # the ranks say "no config" themselves
+    check_batch(cfg.train.batch_size, world=nproc)
 
 
 def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -> None:

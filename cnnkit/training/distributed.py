@@ -63,8 +63,9 @@ def _check_gpus(device_spec: str, local_world: int) -> None:
                           "--set train.device=cpu (DDP over gloo on the CPU)")
 
 
-def check_batch(batch_size: int) -> None:
-    world = world_size()
+def check_batch(batch_size: int, world: int | None = None) -> None:
+    """The global batch splits evenly over the processes (`world`: this run's, unless given)."""
+    world = world_size() if world is None else world
     if batch_size % world:
         raise ConfigError(f"train.batch_size={batch_size} is the global batch and must divide by the "
                           f"{world} processes; use a multiple of {world}")
