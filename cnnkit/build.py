@@ -36,8 +36,12 @@ def model_from_config(config: Config, num_classes: int | None = None) -> nn.Modu
 
 
 def check_model_builds(config: Config) -> None:
-    """Build the model on the meta device (shapes only: no memory, no data, no time). A constructor's
-    own range error (`model.kwargs.widths=[0,64,64]`) is then one ConfigError line before the data
-    loads, not after."""
+    """Build the model on the meta device (shapes only: no memory, no data, no time) and its
+    optimisers on those parameters. A constructor's own range error (`model.kwargs.widths=[0,64,64]`)
+    or optimiser kwargs meant for another optimiser (lenet.yaml's Adam betas under
+    `--set optim.name=sgd`) are then one ConfigError line before the data loads, not after."""
+    from cnnkit.optim.registry import build_optimizers
+
     with torch.device("meta"):
-        model_from_config(config)
+        model = model_from_config(config)
+        build_optimizers(model, config.optim, config.train.batch_size)

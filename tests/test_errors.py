@@ -537,9 +537,23 @@ def test_absurd_lr_stops_with_epoch_step_and_advice(tmp_path: Path, small_root: 
     run = tmp_path / "runs" / "boom"
     assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()
     assert _tmp_files(run) == []
-    line = cli_error(*train_args(tmp_path, small_root, "optim.name=sgd", "optim.lr=1e6", "train.batch_size=4"),
-                     "--name", "boom2")
+    line = cli_error(*train_args(tmp_path, small_root, "optim.name=sgd", "optim.kwargs={}", "optim.lr=1e6",
+                                 "train.batch_size=4"), "--name", "boom2")
     assert_mentions(line, "epoch 1", "lower optim.lr")
+
+
+def test_optimiser_kwargs_for_another_optimiser_fail_before_the_data(tmp_path: Path) -> None:
+    # lenet.yaml sets Adam's betas; switching it to SGD alone leaves them behind. The data root does
+    # not exist: the kwargs line comes first, before any data is looked for (or downloaded).
+    missing = tmp_path / "no-data-here"
+    line = cli_error(*train_args(tmp_path, missing, "optim.name=sgd"))
+    assert_mentions(line, "optim.kwargs: betas not accepted by sgd", "momentum", "--set optim.kwargs={}")
+    assert not (tmp_path / "runs").exists() and not missing.exists()
+    # The same in one group of a config with groups: the hint names that group's key.
+    line = cli_error("train", "--config", "configs/fast.yaml", "--set", f"data.root={missing}",
+                     "--set", "optim.groups.1.name=adam")
+    assert_mentions(line, "optim.groups.1.kwargs: momentum, nesterov not accepted by adam",
+                    "--set optim.groups.1.kwargs={}")
 
 
 def test_blow_up_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path, small_root: Path,

@@ -164,7 +164,7 @@ def test_group_that_matches_nothing_is_one_clear_error(tmp_path, tiny_image_root
     from cnnkit.training.state import build_state
 
     config = _fast_config(tmp_path, tiny_image_root, "optim.groups=[{params: ['conv9.*'], name: sgd, lr: 0.1}]")
-    with pytest.raises(ConfigError, match=r"optim.groups\[0\].params: \['conv9.\*'\] match no trainable parameter"):
+    with pytest.raises(ConfigError, match=r"optim.groups.0.params: \['conv9.\*'\] match no trainable parameter"):
         build_state(config, setup_runtime("cpu", threads=1), 10, 200)
 
 

@@ -140,6 +140,7 @@ def _check_before_launch(config, set_, resume, init_from, nproc: int) -> None:
     """The config, checked once here before `nproc` processes start: a typo or a batch that does not
     split over them is one line and exit 2 at once, not the same error from every rank after each
     has imported torch. The ranks check everything again (and the data, the devices) themselves."""
+    from cnnkit.build import check_model_builds
     from cnnkit.config import load_config
     from cnnkit.training.distributed import check_batch
     from cnnkit.training.fit import resume_config
@@ -152,6 +153,7 @@ def _check_before_launch(config, set_, resume, init_from, nproc: int) -> None:
     else:
         return  # the ranks say "no config" themselves
     check_batch(cfg.train.batch_size, world=nproc)
+    check_model_builds(cfg)
 
 
 def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -> None:
@@ -178,6 +180,9 @@ def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -
         from cnnkit.training.checkpoint import load_checkpoint
 
         load_checkpoint(cfg.train.init_from)
+    from cnnkit.build import check_model_builds
+
+    check_model_builds(cfg)  # the model and its optimisers too, before a download could start
     _fetch_data(cfg, data_root)
     fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
 

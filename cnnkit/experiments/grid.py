@@ -194,13 +194,11 @@ def planned_config(base: dict, cell_overrides: list[str], output_dir: str | Path
 
 
 def check_buildable(config: Config, where: str) -> None:
-    """Build the model and its optimiser groups on the CPU (no data): a bad combination fails now."""
-    from cnnkit.build import model_from_config
-    from cnnkit.optim.registry import plan_groups
+    """Build the model and its optimisers on the meta device (no data): a bad combination fails now."""
+    from cnnkit.build import check_model_builds
 
     try:
-        model = model_from_config(config)
-        plan_groups(model, config.optim, config.train.batch_size)
+        check_model_builds(config)
     except CnnkitError as exc:
         raise ConfigError(f"{where}: {one_line(exc)}") from None
     except Exception as exc:  # a model constructor's own check (e.g. widths that do not fit)

@@ -35,7 +35,9 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float, kwargs: d
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         useful = sorted(accepted - {"foreach", "capturable", "differentiable", "fused", "maximize"})
-        raise ConfigError(f"{where}.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: {', '.join(useful)}")
+        # Typically kwargs written for another optimiser (lenet.yaml's Adam betas under --set optim.name=sgd).
+        raise ConfigError(f"{where}.kwargs: {', '.join(unknown)} not accepted by {name}; it takes: {', '.join(useful)} "
+                          f"(to drop the config's: --set {where}.kwargs={{}})")
     try:
         return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     except (ValueError, TypeError) as exc:
@@ -49,7 +51,7 @@ def build_optimizer(params, name: str, lr: float, weight_decay: float, kwargs: d
 class GroupPlan:
     """One optimiser's share of the parameters, as the config asks for it."""
 
-    where: str  # "optim" or "optim.groups[i]", for error messages
+    where: str  # "optim" or "optim.groups.i" (the --set key), for error messages
     name: str
     lr: float
     weight_decay: float
@@ -62,7 +64,7 @@ def plan_groups(model: nn.Module, optim, batch_size: int) -> list[GroupPlan]:
     """Each trainable parameter to the first `optim.groups` entry that matches its name, the rest to
     `optim` itself. A group that matches nothing is an error: its patterns are surely mistyped."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    plans = [GroupPlan(f"optim.groups[{i}]", g.name, g.lr * (batch_size if g.lr_per_image else 1), g.weight_decay,
+    plans = [GroupPlan(f"optim.groups.{i}", g.name, g.lr * (batch_size if g.lr_per_image else 1), g.weight_decay,
                        g.kwargs, g.schedule_epochs, [])
              for i, g in enumerate(optim.groups)]
     rest = GroupPlan("optim", optim.name, optim.lr, optim.weight_decay, optim.kwargs, None, [])
