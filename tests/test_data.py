@@ -202,6 +202,40 @@ def test_cache_hit_returns_identical_tensors(tiny_image_root: Path, tmp_path: Pa
         assert b.images.dtype == torch.uint8 and b.images.is_contiguous()
 
 
+def test_every_image_knows_its_file_decoded_cached_cut_and_in_the_test_only_read(tiny_image_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    # What `eval --worst` shows: each image's path under the root, the very file its pixels came from.
+    from cnnkit.data import load_cifar10_test
+
+    cache = tmp_path / "cache"
+    files = {split: sorted(p.relative_to(tiny_image_root).as_posix() for p in (tiny_image_root / split).glob("*/*"))
+             for split in ("train", "test")}
+    decoded = load_cifar10(tiny_image_root, cache_dir=cache)
+    cached = load_cifar10(tiny_image_root, cache_dir=cache)
+    test_only = load_cifar10_test(tiny_image_root, cache_dir=cache)
+    assert "decoded" in decoded.source and "cached" in cached.source and "cached" in test_only.source
+    for data in (decoded, cached, test_only):
+        splits = {"test": data.test} if data.train is None else {"train": data.train, "test": data.test}
+        for name, split in splits.items():
+            # Class folders sort by name, CIFAR-10's labels do not: compare by class name.
+            assert sorted(split.names) == files[name]
+            assert [n.split("/")[1] for n in split.names] == [data.classes[c] for c in split.labels.tolist()]
+            first = Image.open(tiny_image_root / split.names[0])
+            assert torch.equal(torch.from_numpy(np.array(first)).permute(2, 0, 1), split.images[0])
+    # Names follow a subset and a validation split image for image.
+    test = decoded.test
+    sub = take_subset(test, 7)
+    rest, val = split_train_val(decoded.train, 10, seed=0)
+    for part, whole in ((sub, test), (rest, decoded.train), (val, decoded.train)):
+        where = [whole.names.index(n) for n in part.names]
+        assert torch.equal(part.images, whole.images[where]) and torch.equal(part.labels, whole.labels[where])
+
+
+def test_batches_layout_names_test_images_by_their_row(tiny_batches_root: Path, tmp_path: Path) -> None:
+    data = load_cifar10(tiny_batches_root, cache_dir=tmp_path)
+    assert data.test.names == [f"test_batch[{i}]" for i in range(len(data.test))]
+
+
 def test_default_cache_dir_is_used(tiny_batches_root: Path) -> None:
     load_cifar10(tiny_batches_root)
     assert len(cache_files(default_cache_dir())) == 1

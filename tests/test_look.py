@@ -302,6 +302,7 @@ def test_eval_worst_lists_the_highest_losses(tmp_path):
     expected = torch.argsort(-losses, stable=True)[:5].tolist()
     assert [w["index"] for w in worst] == expected
     for w in worst:
+        assert w["file"] == files[w["index"]].relative_to(root).as_posix()  # the very file, to open
         assert w["loss"] == pytest.approx(losses[w["index"]].item(), rel=1e-4)
         assert w["true"] == CIFAR10_CLASSES[labels[w["index"]]]
         assert w["p_true"] == pytest.approx(np.exp(-w["loss"]), rel=1e-4)
@@ -312,6 +313,7 @@ def test_eval_worst_lists_the_highest_losses(tmp_path):
     # The table, and eval's last line unchanged.
     text = runner.invoke(app, ["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--worst", "3"])
     assert text.exit_code == 0 and "highest loss" in text.output and f"#{expected[0]}" in text.output
+    assert files[expected[0]].relative_to(root).as_posix() in text.output
     assert text.output.strip().splitlines()[-1].startswith("test accuracy ")
 
 

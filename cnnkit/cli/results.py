@@ -101,10 +101,17 @@ def _render_classes(report) -> None:
 
 def _render_worst(worst) -> None:
     table = Table(title=f"the {len(worst)} test images with the highest loss (−log p(true class))")
-    for col in ("test image", "true", "p(true)", "predicted", "p(predicted)", "loss"):
-        table.add_column(col, justify="left" if col in ("true", "predicted") else "right")
+    with_files = any(w.file for w in worst)  # an image folder's paths (under the data root) or batch rows
+    columns = ["test image", "true", "p(true)", "predicted", "p(predicted)", "loss"]
+    if with_files:
+        columns.insert(1, "file")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("file", "true", "predicted") else "right")
     for w in worst:
-        table.add_row(f"#{w.index}", w.true, f"{w.p_true:.1%}", w.predicted, f"{w.p_predicted:.1%}", f"{w.loss:.3f}")
+        row = [f"#{w.index}", w.true, f"{w.p_true:.1%}", w.predicted, f"{w.p_predicted:.1%}", f"{w.loss:.3f}"]
+        if with_files:
+            row.insert(1, w.file or "")
+        table.add_row(*row)
     console.print(table)
 
 

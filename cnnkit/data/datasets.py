@@ -84,8 +84,8 @@ def _prepare_cifar10(config: Config, data_root: str | None = None) -> Prepared:
     loaded = load_cifar10(root, cache_dir=cache_dir, download=data.download)
     train, test = loaded.train, loaded.test
     if data.grayscale:
-        train = Split(to_grayscale(train.images), train.labels)
-        test = Split(to_grayscale(test.images), test.labels)
+        train = Split(to_grayscale(train.images), train.labels, train.names)
+        test = Split(to_grayscale(test.images), test.labels, test.names)
     if data.subset:
         train, test = take_subset(train, data.subset), take_subset(test, data.subset)
     if data.val_split >= len(train):
@@ -114,7 +114,7 @@ def _prepare_cifar10_test(config: Config, data_root: str | None = None) -> Prepa
     loaded = load_cifar10_test(root, cache_dir=cache_dir, download=data.download)
     test = loaded.test
     if data.grayscale:
-        test = Split(to_grayscale(test.images), test.labels)
+        test = Split(to_grayscale(test.images), test.labels, test.names)
     if data.subset:
         test = take_subset(test, data.subset)
     channels = test.images.shape[1]
@@ -157,4 +157,4 @@ def fetch_data(config: Config, data_root: str | None = None, progress: Progress 
 def to_device(split: Split | None, device: torch.device) -> Split | None:
     if split is None:
         return None
-    return Split(split.images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True))
+    return Split(split.images.to(device, non_blocking=True), split.labels.to(device, non_blocking=True), split.names)

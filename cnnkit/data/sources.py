@@ -127,7 +127,7 @@ def load_cifar10(root: DataRoot | Path | None, *, cache_dir: Path | None = None,
     cached = _read_cache(cache_path, key)
     if cached is not None:
         cached.source = f"{describe} (cached: {shown_path(cache_path)})"
-        return _found(cached, layout, source_dir, cache_path, "read")
+        return _found(cached, layout, source_dir, cache_path, "read", listing)
 
     if layout == "batches":
         data = _decode_batches(source_dir)
@@ -135,15 +135,30 @@ def load_cifar10(root: DataRoot | Path | None, *, cache_dir: Path | None = None,
         data = _decode_image_folder(source_dir, listing)
     if _write_cache(cache_path, key, data, test_key):
         data.source = f"{describe} (decoded, cached: {shown_path(cache_path)})"
-        return _found(data, layout, source_dir, cache_path, "written")
+        return _found(data, layout, source_dir, cache_path, "written", listing)
     data.source = f"{describe} (decoded, not cached: {shown_path(cache_path.parent)} is not writable)"
-    return _found(data, layout, source_dir, cache_path, "not writable")
+    return _found(data, layout, source_dir, cache_path, "not writable", listing)
 
 
-def _found(data: CifarData, layout: str, folder: Path, cache_path: Path, cache: str) -> CifarData:
+def _found(data: CifarData, layout: str, folder: Path, cache_path: Path, cache: str,
+           listing: list[tuple[str, int, int]]) -> CifarData:
     data.layout = BATCHES_DIRNAME if layout == "batches" else "image folder"
     data.folder, data.cache_path, data.cache = folder, cache_path, cache
+    _name_images(data, layout, listing)
     return data
+
+
+def _name_images(data: CifarData, layout: str, listing: list[tuple[str, int, int]]) -> None:
+    """Each image's origin, for reports that point at files (`eval --worst`): an image folder's
+    images are its sorted listing, train/ then test/ (the order they were decoded in, cached or
+    not); the batches layout's test images are the rows of its one test file."""
+    if layout == "batches":
+        data.test.names = [f"{TEST_BATCH}[{i}]" for i in range(len(data.test))]
+        return
+    for split, prefix in ((data.train, "train/"), (data.test, "test/")):
+        if split is not None:
+            names = [rel for rel, _, _ in listing if rel.startswith(prefix)]
+            split.names = names if len(names) == len(split) else None
 
 
 def load_cifar10_test(root: DataRoot | Path | None, *, cache_dir: Path | None = None, download: bool = False,
@@ -166,14 +181,14 @@ def load_cifar10_test(root: DataRoot | Path | None, *, cache_dir: Path | None = 
     cached = _read_cache(cache_path, _cache_key(source_dir, listing), key_name="test_key", splits_wanted=("test",))
     if cached is not None:
         cached.source = f"{describe}, test split (cached: {shown_path(cache_path)})"
-        return _found(cached, layout, source_dir, cache_path, "read")
+        return _found(cached, layout, source_dir, cache_path, "read", listing)
     if layout == "batches":
         data = _decode_batches(source_dir, with_train=False)
     else:
         data = _decode_image_folder(source_dir, listing)
         data.train = None
     data.source = f"{describe}, test split (decoded)"
-    return _found(data, layout, source_dir, cache_path, "")
+    return _found(data, layout, source_dir, cache_path, "", listing)
 
 
 def _test_part(layout: str, listing: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:

@@ -19,9 +19,17 @@ from cnnkit.errors import DataError
 class Split:
     images: torch.Tensor  # (N, C, H, W) uint8, contiguous
     labels: torch.Tensor  # (N,) int64
+    # Where each image came from, when the source says (an image folder: "test/cat/0042.jpg" under
+    # the data root; the batches layout: "test_batch[42]"), so a report can point at the file.
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    def keep(self, mask: torch.Tensor) -> Split:
+        """The images where `mask` (N,) bool is true, in their order; names follow."""
+        names = None if self.names is None else [n for n, k in zip(self.names, mask.tolist(), strict=True) if k]
+        return Split(self.images[mask], self.labels[mask], names)
 
 
 @dataclass
@@ -75,10 +83,7 @@ def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Spli
         is_val[chosen] = True
     # Both parts keep the original order, so the result depends only on (data, val_size, seed).
     is_val = is_val.to(train.labels.device)
-    return (
-        Split(train.images[~is_val], train.labels[~is_val]),
-        Split(train.images[is_val], train.labels[is_val]),
-    )
+    return train.keep(~is_val), train.keep(is_val)
 
 
 def take_subset(split: Split, n: int) -> Split:
@@ -91,8 +96,7 @@ def take_subset(split: Split, n: int) -> Split:
     keep = torch.zeros(len(split), dtype=torch.bool)  # (N,)
     for c, quota in enumerate(_balanced_quotas(_class_counts(labels), n)):
         keep[torch.nonzero(labels == c).squeeze(1)[:quota]] = True
-    keep = keep.to(split.labels.device)
-    return Split(split.images[keep], split.labels[keep])
+    return split.keep(keep.to(split.labels.device))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

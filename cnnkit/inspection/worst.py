@@ -3,7 +3,8 @@
 The loss is each image's own cross-entropy, −log p(true class), without label smoothing: the
 images whose true class got the least probability. The index is the image's position in the test
 split as cnnkit reads it (image folder: classes in name order, files in name order; with
-data.subset, in the subset).
+data.subset, in the subset); `file` says where the image came from, when the source says
+(an image folder: its path under the data root; the batches layout: the row of test_batch).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ class WorstImage:
     p_true: float
     p_predicted: float
     loss: float  # −log p(true)
+    file: str | None = None  # e.g. test/cat/0042.jpg under the data root; None where the source has no names
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "true": self.true, "predicted": self.predicted, "p_true": self.p_true,
-                "p_predicted": self.p_predicted, "loss": self.loss}
+        return {"index": self.index, "file": self.file, "true": self.true, "predicted": self.predicted,
+                "p_true": self.p_true, "p_predicted": self.p_predicted, "loss": self.loss}
 
 
 @torch.inference_mode()
@@ -59,7 +61,7 @@ def worst_images(model: nn.Module, split: Split, *, inputs, runtime: Runtime, cl
     p_true, pred, p_pred = (torch.cat(t).cpu() for t in (chosen_p, predicted, predicted_p))
     labels = split.labels.cpu()
     return [WorstImage(i, classes[int(labels[i])], classes[int(pred[i])], float(p_true[i]), float(p_pred[i]),
-                       float(loss[i])) for i in order]
+                       float(loss[i]), split.names[i] if split.names is not None else None) for i in order]
 
 
 def write_worst(split: Split, worst: list[WorstImage], out_path: str | Path, title: str) -> Path:
