@@ -217,6 +217,13 @@ def test_look_reports_gradcam_on_the_patch_and_the_top_classes(patch_lenet, tmp_
     result = runner.invoke(app, ["look", "--checkpoint", str(ckpt), str(paths[0]), "--class", other,
                                  "--out", str(tmp_path / "o2"), "--json"])
     assert json.loads(result.output)["images"][0]["gradcam"]["class"] == other
+    # --layer moves Grad-CAM to another layer: conv1's 30×30 maps, still peaking on the patch.
+    result = runner.invoke(app, ["look", "--checkpoint", str(ckpt), *map(str, paths), "--layer", "conv1",
+                                 "--out", str(tmp_path / "o3"), "--json"])
+    data = json.loads(result.output)
+    assert data["gradcam_layer"] == {"name": "conv1", "size": [30, 30]}
+    for image, corner in zip(data["images"], corners.tolist(), strict=True):
+        assert on_patch(image["gradcam"]["peak"], corner), (image, corner)
 
 
 # ---------------------------------------------------------------------------------------- the edge toy
@@ -275,6 +282,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos):
     assert "at least one picture" in message
     edge = write_checkpoint(tmp_path / "edge.pt", "edge")
     assert "no classes" in cli_error("look", "--checkpoint", edge, "--class", "cat")
+    assert "drop --layer" in cli_error("look", "--checkpoint", edge, "--layer", "conv")
+    # --layer: a name that is not there, or a layer without maps; each says what would work, and
+    # nothing is drawn first.
+    out = tmp_path / "nothing"
+    message = cli_error("look", "--checkpoint", ckpt, photos[0], "--layer", "conv9", "--out", out)
+    assert "no such layer" in message and "did you mean 'conv2'" in message, message
+    assert "Grad-CAM can explain: conv1, relu1, pool1, conv2, relu2, pool2 (" in message, message
+    message = cli_error("look", "--checkpoint", ckpt, photos[0], "--layer", "fc1", "--out", out)
+    assert "'fc1'" in message and "its output is 120" in message and "cnnkit shapes --model lenet" in message
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------- eval --worst

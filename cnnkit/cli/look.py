@@ -20,6 +20,8 @@ def look_cmd(
                                        "beside the checkpoint)."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class with Grad-CAM instead "
                                              "of the predicted one."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Grad-CAM at this layer (a name from `cnnkit "
+                                        "shapes`, e.g. conv1) instead of the last conv layer."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: layers and shapes, top classes, Grad-CAM peaks."),
 ):
@@ -27,7 +29,7 @@ def look_cmd(
     (`cnnkit look --checkpoint runs/X/best.pt cat.jpg`)."""
     from cnnkit.inspection.look import look
 
-    report = look(checkpoint, list(images or []), out_dir=out, class_name=class_name, device=device)
+    report = look(checkpoint, list(images or []), out_dir=out, class_name=class_name, layer=layer, device=device)
     if as_json:
         return _print_json(report.to_dict())
     c, h, w = report.input

@@ -27,7 +27,7 @@ from cnnkit.errors import CheckpointError, ConfigError, DataError, ShapeError
 from cnnkit.evaluation.predict import _why_unreadable, classifier_from, load_image
 from cnnkit.inspection import draw
 from cnnkit.inspection.capture import Capture, capture
-from cnnkit.inspection.gradcam import grad_cam, last_conv
+from cnnkit.inspection.gradcam import grad_cam, last_conv, map_layers
 from cnnkit.reports import plots
 from cnnkit.shapes import LayerRow, ShapeReport, trace_model
 from cnnkit.training.checkpoint import LoadedModel, model_from_checkpoint
@@ -92,7 +92,7 @@ class LookReport:
 
 
 def look(checkpoint: str | Path, images: Sequence[str | Path], *, out_dir: str | Path | None = None,
-         class_name: str | None = None, device: str = "auto") -> LookReport:
+         class_name: str | None = None, layer: str | None = None, device: str = "auto") -> LookReport:
     """Draw what a checkpoint's model sees in `images` into `out_dir` (default: look/ beside the checkpoint)."""
     if len(images) > MAX_IMAGES:
         raise ConfigError(f"look: {len(images)} pictures given; pass at most {MAX_IMAGES} (each gets its own "
@@ -102,7 +102,7 @@ def look(checkpoint: str | Path, images: Sequence[str | Path], *, out_dir: str |
         raise CheckpointError(f"{loaded.path}: look does not know the {loaded.task.name!r} task of model "
                               f"{loaded.config.model.name!r}; it draws {', '.join(LOOKS)} checkpoints")
     out = Path(out_dir) if out_dir is not None else loaded.path.parent / "look"
-    return LOOKS[loaded.task.name](loaded, [Path(p) for p in images], out, class_name)
+    return LOOKS[loaded.task.name](loaded, [Path(p) for p in images], out, class_name, layer)
 
 
 # ---------------------------------------------------------------------------------------- shared steps
@@ -204,7 +204,29 @@ def _filters(loaded, record, out) -> list[Path]:
 # ---------------------------------------------------------------------------------------- per task
 
 
-def _look_classifier(loaded: LoadedModel, paths: list[Path], out: Path, class_name: str | None) -> LookReport:
+def _cam_layer(calls, asked: str | None, model_name: str) -> str | None:
+    """The layer Grad-CAM explains: the one asked for (checked before anything is drawn), else the
+    last conv layer with maps (the usual choice: its maps are the most class-specific)."""
+    if asked is None:
+        return last_conv(calls)
+    candidates = map_layers(calls)
+    if asked in candidates:
+        return asked
+    shapes = {call.name: call.output[1:] for call in calls}
+    if asked in shapes:
+        why = f"its output is {_fmt(shapes[asked])}, not maps of more than one pixel"
+    elif asked.split("#")[0] in shapes:
+        why = "its module runs more than once in the forward pass, so its maps are not one tensor"
+    else:
+        close = difflib.get_close_matches(asked, list(shapes), n=1)
+        why = "no such layer in the model" + (f" (did you mean {close[0]!r}?)" if close else "")
+    choices = ", ".join(candidates) if candidates else "none: the model has no layer with maps"
+    raise ConfigError(f"--layer {asked!r}: {why}; Grad-CAM can explain: {choices} "
+                      f"(`cnnkit shapes --model {model_name}` lists every layer)")
+
+
+def _look_classifier(loaded: LoadedModel, paths: list[Path], out: Path, class_name: str | None,
+                     layer_name: str | None) -> LookReport:
     classifier = classifier_from(loaded)
     classes, runtime = classifier.classes, classifier.runtime
     target = None
@@ -222,12 +244,12 @@ def _look_classifier(loaded: LoadedModel, paths: list[Path], out: Path, class_na
                        memory_format=runtime.memory_format)  # (N, C, H, W)
     model = classifier.model
     table, record = traced(model, inputs, classifier.input)
+    layer = _cam_layer(record.calls, layer_name, classifier.name)
     looks = [PictureLook(str(p)) for p in paths]
     report = LookReport(loaded.path, classifier.name, classifier.epoch, "classify", classifier.input, table.layers,
                         looks, [])
     report.written += _activations(loaded, table, record, pictures, looks, out)
     report.written += _filters(loaded, record, out)
-    layer = last_conv(record.calls)
     if layer is None:  # a model with no conv layer has no maps to explain
         return report
     row = next(r for r in table.layers if r.name == layer)
@@ -262,9 +284,13 @@ def _edge_size(path: Path) -> tuple[int, int]:
     return max(2, round(height * scale)), max(2, round(width * scale))
 
 
-def _look_edge(loaded: LoadedModel, paths: list[Path], out: Path, class_name: str | None) -> LookReport:
+def _look_edge(loaded: LoadedModel, paths: list[Path], out: Path, class_name: str | None,
+               layer_name: str | None) -> LookReport:
     if class_name is not None:
         raise ConfigError(f"--class {class_name!r}: an edge-detector checkpoint has no classes; drop --class")
+    if layer_name is not None:
+        raise ConfigError(f"--layer {layer_name!r}: an edge-detector checkpoint has no classes for Grad-CAM "
+                          "to explain; drop --layer")
     task, model, config = loaded.task, loaded.model, loaded.config
     channels = input_shape(config)[0]
     if paths:  # fully convolutional: every picture at the first one's own size (capped)
