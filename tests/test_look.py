@@ -334,6 +334,19 @@ def test_eval_worst_lists_the_highest_losses(tmp_path):
     assert text.output.strip().splitlines()[-1].startswith("test accuracy ")
 
 
+def test_worst_png_captions_name_each_image_by_its_file():
+    from cnnkit.inspection.worst import WorstImage, _label
+
+    def worst(file):
+        return WorstImage(7, "cat", "dog", 0.1, 0.6, 2.3, file)
+
+    assert _label(worst("test/cat/0398.jpg")) == "cat/0398.jpg"  # test/ is every test image's folder
+    assert _label(worst("test_batch[42]")) == "test_batch[42]"
+    assert _label(worst(None)) == "#7"  # no file: the index in the test split
+    long = _label(worst("test/a_long_class_name/IMG_20231201_123456.jpg"))  # the end, where the file is
+    assert long == "…IMG_20231201_123456.jpg" and len(long) == 24
+
+
 def test_eval_worst_refuses_the_edge_toy(tmp_path):
     edge = write_checkpoint(tmp_path / "edge.pt", "edge")
     message = cli_error("eval", "--checkpoint", edge, "--worst", "3")

@@ -223,8 +223,11 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
                                  prepared.std)
             report.plots.append(draw_figure(figure, Path(plots_dir)))
             if report.worst:
+                first = report.worst[0].file or ""
+                named = ("each named by its file under test/" if first.startswith("test/") else
+                         "each named by its row of test_batch" if first else "#: index in the test split")
                 title = (f"{report.title}: the {len(report.worst)} test images with the highest loss, worst first; "
-                         "#: index in the test split; p: the probability given to each class")
+                         f"{named}; p: the probability given to each class")
                 report.plots.append(write_worst(test, report.worst, Path(plots_dir) / "worst.png", title))
         except RunError as exc:
             report.warnings.append(f"{exc}; the numbers above are unaffected")

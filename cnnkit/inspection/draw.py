@@ -248,7 +248,7 @@ def write_gradcam(panels: Sequence[CamPanel], out_path: str | Path, title: str) 
 @dataclass
 class WorstPanel:
     image: torch.Tensor  # uint8 (C, H, W)
-    index: int
+    label: str  # which image: its file (cat/0398.jpg) or "#index" in the test split
     true: str
     predicted: str
     p_true: float
@@ -268,7 +268,7 @@ def write_worst(panels: Sequence[WorstPanel], out_path: str | Path, title: str) 
     for ax, panel in zip(axes.flat, panels, strict=False):
         _show(ax, panel.image)
         ax.axis("on")
-        ax.set_title(f"#{panel.index}  loss {panel.loss:.2f}\ntrue {panel.true} {panel.p_true:.1%}\n"
+        ax.set_title(f"{panel.label}  loss {panel.loss:.2f}\ntrue {panel.true} {panel.p_true:.1%}\n"
                      f"pred {panel.predicted} {panel.p_predicted:.1%}", fontsize=9, loc="left")
     _title(fig, title, width)
     return save_png(fig, out_path)

@@ -65,6 +65,15 @@ def worst_images(model: nn.Module, split: Split, *, inputs, runtime: Runtime, cl
 
 
 def write_worst(split: Split, worst: list[WorstImage], out_path: str | Path, title: str) -> Path:
-    panels = [draw.WorstPanel(split.images[w.index].cpu(), w.index, w.true, w.predicted, w.p_true, w.p_predicted,
+    panels = [draw.WorstPanel(split.images[w.index].cpu(), _label(w), w.true, w.predicted, w.p_true, w.p_predicted,
                               w.loss) for w in worst]
     return draw.write_worst(panels, out_path, title)
+
+
+def _label(w: WorstImage, width: int = 24) -> str:
+    """A caption's name for the image: its file without the test/ every test image shares (the
+    end of it, where a long path would run into the next panel), or "#index" where there are no files."""
+    if not w.file:
+        return f"#{w.index}"
+    name = w.file.removeprefix("test/")
+    return name if len(name) <= width else "…" + name[-(width - 1):]
