@@ -23,7 +23,7 @@ from cnnkit.cli import app
 from cnnkit.config import load_config
 from cnnkit.data import CIFAR10_CLASSES
 from cnnkit.data.datasets import stripes_image
-from cnnkit.errors import ShapeError
+from cnnkit.errors import ConfigError, ShapeError
 from cnnkit.inspection.gradcam import grad_cam, spearman
 from cnnkit.inspection.look import look
 from cnnkit.models import MODELS, build_model
@@ -351,3 +351,31 @@ def test_eval_worst_refuses_the_edge_toy(tmp_path):
     edge = write_checkpoint(tmp_path / "edge.pt", "edge")
     message = cli_error("eval", "--checkpoint", edge, "--worst", "3")
     assert "--worst" in message and "no classes" in message
+
+
+def test_layer_choice_explains_why_a_layer_cannot_be_explained():
+    """--layer on a model whose conv runs twice, with a torch function between modules."""
+    from torch import nn
+
+    from cnnkit.inspection.capture import capture
+    from cnnkit.inspection.look import _cam_layer
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 3, padding=1)
+            self.d = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):  # (B, 3, 8, 8)
+            x = self.c(self.c(x))  # the same module twice: rows c and c#2
+            x = torch.relu(x)  # a function row, relu()
+            return self.d(x).flatten(1)  # (B, 144)
+
+    calls = capture(Twice(), torch.randn(1, 3, 8, 8)).calls
+    assert [c.name for c in calls] == ["c", "c#2", "relu()", "d", "flatten()"]
+    assert _cam_layer(calls, None, "twice") == "d" and _cam_layer(calls, "d", "twice") == "d"
+    for asked, why in (("c", "runs more than once"), ("c#2", "runs more than once"), ("relu()", "torch function"),
+                       ("flatten()", "torch function"), ("e", "no such layer")):
+        with pytest.raises(ConfigError, match="Grad-CAM can explain: d ") as info:
+            _cam_layer(calls, asked, "twice")
+        assert why in str(info.value), (asked, str(info.value))

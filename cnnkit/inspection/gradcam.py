@@ -125,7 +125,7 @@ def map_layers(calls) -> list[str]:
     """The layers Grad-CAM can explain, in forward order: modules (a hook needs one) called once,
     whose output is (N, C, H, W) maps of more than one pixel."""
     repeated = {call.name.split("#")[0] for call in calls if "#" in call.name}
-    return [call.name for call in calls if call.kind == "module" and call.name not in repeated
+    return [call.name for call in calls if call.kind == "module" and call.name.split("#")[0] not in repeated
             and len(call.output) == 4 and call.output[2] * call.output[3] > 1]
 
 

@@ -212,14 +212,17 @@ def _cam_layer(calls, asked: str | None, model_name: str) -> str | None:
     candidates = map_layers(calls)
     if asked in candidates:
         return asked
-    shapes = {call.name: call.output[1:] for call in calls}
-    if asked in shapes:
-        why = f"its output is {_fmt(shapes[asked])}, not maps of more than one pixel"
-    elif asked.split("#")[0] in shapes:
-        why = "its module runs more than once in the forward pass, so its maps are not one tensor"
-    else:
-        close = difflib.get_close_matches(asked, list(shapes), n=1)
+    by_name = {call.name: call for call in calls}
+    base = asked.split("#")[0]
+    if base not in by_name:
+        close = difflib.get_close_matches(asked, list(by_name), n=1)
         why = "no such layer in the model" + (f" (did you mean {close[0]!r}?)" if close else "")
+    elif f"{base}#2" in by_name:
+        why = "its module runs more than once in the forward pass, so its maps are not one tensor"
+    elif by_name[base].kind != "module":
+        why = "it is a torch function between modules, which Grad-CAM cannot hook"
+    else:
+        why = f"its output is {_fmt(by_name[base].output[1:])}, not maps of more than one pixel"
     choices = ", ".join(candidates) if candidates else "none: the model has no layer with maps"
     raise ConfigError(f"--layer {asked!r}: {why}; Grad-CAM can explain: {choices} "
                       f"(`cnnkit shapes --model {model_name}` lists every layer)")
