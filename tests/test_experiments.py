@@ -146,6 +146,18 @@ def _start(tmp: Path, tag: str, *args: str) -> tuple[subprocess.Popen, Path]:
     return proc, out
 
 
+def _run_here(tmp: Path, monkeypatch, *args: str) -> tuple[int, str]:
+    """The same command in this process, with the environment `_start` gives a subprocess: the
+    coordinator reuses this process's torch (a new interpreter takes ~4 s to import it here); the
+    workers are spawned as always. For commands no test signals."""
+    for key, value in _env(tmp).items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CNNKIT_DATA", raising=False)
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
 def _wait(proc: subprocess.Popen, log: Path) -> int:
     try:
         return proc.wait(timeout=WAIT_S)
@@ -184,7 +196,7 @@ def _workers_of(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sweep_interrupted_then_resumed_redoes_only_the_missing_cells(tmp_path: Path):
+def test_sweep_interrupted_then_resumed_redoes_only_the_missing_cells(tmp_path: Path, monkeypatch):
     # 30 epochs: on an idle machine 3-epoch cells all finished in the 0.2 s between seeing the first
     # one and the SIGINT, leaving nothing to interrupt.
     config = _tiny_config(tmp_path, epochs=30)
@@ -203,9 +215,8 @@ def test_sweep_interrupted_then_resumed_redoes_only_the_missing_cells(tmp_path: 
     done = {p.parent.name: {f.name: f.stat().st_mtime_ns for f in p.parent.iterdir()} for p in _finished(folder)}
     assert 1 <= len(done) < 4, text
     # 2. The same command again: only the missing cells run; the finished ones' files are untouched.
-    proc, log = _start(tmp_path, "again", *args)
-    assert _wait(proc, log) == 0, log.read_text()
-    text = log.read_text()
+    code, text = _run_here(tmp_path, monkeypatch, *args)
+    assert code == 0, text
     assert f"resuming: {folder} (4 runs: {len(done)} finished, {4 - len(done)} to run)" in text, text
     started = [line.split("start ")[1] for line in text.splitlines() if "] start " in line]
     assert sorted(started) == sorted({"lr=0.003-seed0", "lr=0.003-seed1", "lr=0.001-seed0", "lr=0.001-seed1"}
@@ -266,16 +277,16 @@ def _check_tune_result(tmp_path: Path, name: str, trials: int, storage: str | No
 
 
 @pytest.mark.slow
-def test_two_workers_on_one_study_make_exactly_the_trials_asked(tmp_path: Path):
+def test_two_workers_on_one_study_make_exactly_the_trials_asked(tmp_path: Path, monkeypatch):
     config = _tiny_config(tmp_path, epochs=1)
     space = _space(tmp_path, """\
         optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
         train.batch_size: {type: categorical, choices: [8, 16]}
         """)
-    proc, log = _start(tmp_path, "tune", "tune", "--config", str(config), "--space", str(space), "--trials", "4",
-                       "--study", "shared", "--pruner", "none", "--workers", "2")
-    assert _wait(proc, log) == 0, log.read_text()
-    assert "2 worker(s) × 1 thread(s)" in log.read_text()
+    code, text = _run_here(tmp_path, monkeypatch, "tune", "--config", str(config), "--space", str(space), "--trials",
+                           "4", "--study", "shared", "--pruner", "none", "--workers", "2")
+    assert code == 0, text
+    assert "2 worker(s) × 1 thread(s)" in text
     result = _check_tune_result(tmp_path, "shared", 4)
     best = tmp_path / "runs" / "shared" / "best.yaml"
     from cnnkit.config import load_config
@@ -434,15 +445,17 @@ def postgres_url():
 
 
 @pytest.mark.slow
-def test_two_commands_share_a_study_in_postgresql(tmp_path: Path, postgres_url: str):
+def test_two_commands_share_a_study_in_postgresql(tmp_path: Path, postgres_url: str, monkeypatch):
     config = _tiny_config(tmp_path, epochs=1)
     space = _space(tmp_path, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
     args = ["tune", "--config", str(config), "--space", str(space), "--trials", "4", "--study", "pg",
             "--storage", postgres_url, "--pruner", "none", "--workers", "1"]
-    # The same command twice, as on two machines: one study, its trials shared out.
-    jobs = [_start(tmp_path, f"pg{i}", *args) for i in range(2)]
-    for proc, log in jobs:
-        assert _wait(proc, log) == 0, log.read_text()
+    # The same command twice at once, as on two machines: one study, its trials shared out. One runs
+    # as a new process, the other in this one.
+    proc, log = _start(tmp_path, "pg0", *args)
+    code, text = _run_here(tmp_path, monkeypatch, *args)
+    assert code == 0, text
+    assert _wait(proc, log) == 0, log.read_text()
     assert "study.journal" not in {p.name for p in (tmp_path / "runs" / "pg").iterdir()}
     _check_tune_result(tmp_path, "pg", 4, storage=postgres_url)
 
