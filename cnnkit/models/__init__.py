@@ -15,8 +15,6 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from torch import nn
@@ -26,28 +24,12 @@ from cnnkit.models.bn_cnn import BNCNN, ConvBNReLU
 from cnnkit.models.edge import Corr2d, EdgeDetector
 from cnnkit.models.fast import FastNet
 from cnnkit.models.lenet import LeNet
+from cnnkit.models.registry import MODELS, ModelEntry
 from cnnkit.shapes import Pair
 
 __all__ = ["MODELS", "BNCNN", "ConvBNReLU", "Corr2d", "EdgeDetector", "FastNet", "LeNet", "ModelEntry", "build_model",
            "check_kwargs", "count_params", "describe_settings",
            "kwargs_problem", "model_settings"]
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    build: Callable[..., nn.Module]
-    task: str  # a cnnkit.tasks.TASKS name: "classify" (cross-entropy, accuracy) or "edge" (MSE vs the edge map)
-    summary: str
-    channels: int = 3  # the input channels `cnnkit models` counts parameters at
-
-
-MODELS: dict[str, ModelEntry] = {
-    "lenet": ModelEntry(LeNet, "classify", "LeNet-style CIFAR-10 net of seed 004 (conv6-conv16-fc120-84)"),
-    "bn_cnn": ModelEntry(BNCNN, "classify", "BatchNorm CNN of seed 003 (conv25-conv50-fc1024-128)"),
-    "edge": ModelEntry(EdgeDetector, "edge", "edge-detector toy of seed 000: one 1×2 kernel, no bias", channels=1),
-    "fast": ModelEntry(FastNet, "classify", "speed net after airbench: 2×2 whitening conv, 3 conv-pool-BN-GELU groups"),
-}
-
 
 # The input and output sizes: model.in_channels / num_classes / input_size, never model.kwargs.
 SIZE_ARGUMENTS = ("in_channels", "num_classes", "input_size")
