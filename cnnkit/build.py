@@ -8,7 +8,8 @@ from torch import nn
 from cnnkit.config import Config
 from cnnkit.data.datasets import DATASETS
 from cnnkit.errors import ConfigError
-from cnnkit.models import build_model
+from cnnkit.models import MODELS, build_model
+from cnnkit.models.external import check_output
 
 
 def input_shape(config: Config) -> tuple[int, int, int]:
@@ -30,9 +31,13 @@ def model_from_config(config: Config, num_classes: int | None = None) -> nn.Modu
     if clash:
         raise ConfigError(f"model.kwargs.{clash[0]}: set model.{clash[0]} instead of passing it in model.kwargs")
     channels, height, width = input_shape(config)
-    classes = config.model.num_classes or num_classes or DATASETS[config.data.dataset].num_classes
-    return build_model(config.model.name, in_channels=channels, num_classes=classes,
-                       input_size=(height, width), **config.model.kwargs)
+    return build_model(config.model.name, in_channels=channels, num_classes=class_count(config, num_classes),
+                       input_size=(height, width), cifar_stem=config.model.cifar_stem, **config.model.kwargs)
+
+
+def class_count(config: Config, num_classes: int | None = None) -> int:
+    """The classes the model scores: model.num_classes, else the data's (as loaded, else as registered)."""
+    return config.model.num_classes or num_classes or DATASETS[config.data.dataset].num_classes
 
 
 def check_model_builds(config: Config) -> None:
@@ -45,3 +50,13 @@ def check_model_builds(config: Config) -> None:
     with torch.device("meta"):
         model = model_from_config(config)
         build_optimizers(model, config.optim, config.train.batch_size)
+    check_model_fits(config, model)
+
+
+def check_model_fits(config: Config, model: nn.Module) -> None:
+    """A model from outside the registry (a user's, torchvision's, timm's) takes the data's images and
+    scores its classes: one forward pass on the meta device. Registry models size themselves from the
+    config, and their constructors say which layer an input is too small for."""
+    if config.model.name in MODELS:
+        return
+    check_output(model, input_shape(config), class_count(config), config.model.name)

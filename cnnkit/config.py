@@ -51,13 +51,28 @@ class ModelConfig(Section):
     num_classes: Optional[int] = Field(default=None, ge=1)
     input_size: Optional[tuple[int, int]] = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # torchvision:/timm: models: a 32×32 stem for their ImageNet one (cnnkit.models.stems; docs/stems.md).
+    cifar_stem: bool = False
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
+        # A registry name, or SOURCE:TARGET (torchvision:resnet18, timm:resnet18, mynets:ResNet18,
+        # path/to/nets.py:ResNet18), checked for its spelling only: nothing is imported while a config
+        # is read (a checkpoint's config must not run code; cnnkit.models.trust).
         from cnnkit.models import MODELS
+        from cnnkit.models.external import name_problem
 
-        return _check_registry_name(name, MODELS, "model")
+        if ":" in name:
+            problem = name_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
+            return name
+        if name not in MODELS:
+            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, MODELS)}; choose one of: "
+                             f"{', '.join(MODELS)}, or name any model as module:Name, path/to/file.py:Name, "
+                             "torchvision:NAME or timm:NAME")
+        return name
 
     @field_validator("input_size")
     @classmethod
@@ -536,4 +551,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     config = apply_overrides(raw, overrides, str(path) if path is not None else "defaults")
     if config.output.name is None and path is not None:
         config.output.name = Path(path).stem
+    # The user wrote this file (or --set): a model import path in it is theirs to run, in this process
+    # (as Hydra's _target_ is). A checkpoint's saved config never comes through here.
+    from cnnkit.models.external import trust_name
+
+    trust_name(config.model.name)
     return config

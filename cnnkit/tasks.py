@@ -32,7 +32,7 @@ from cnnkit.evaluation.metrics import (
     classification_report,
     most_confused,
 )
-from cnnkit.models import MODELS
+from cnnkit.models import model_task
 
 if TYPE_CHECKING:  # annotations only (cnnkit.config imports no task)
     from cnnkit.config import Config
@@ -308,4 +308,4 @@ TASKS: dict[str, Task] = {"classify": Classification(), "edge": EdgeMap()}
 
 
 def task_for(config: Config) -> Task:
-    return TASKS[MODELS[config.model.name].task]
+    return TASKS[model_task(config.model.name)]

@@ -136,6 +136,8 @@ def tiny_image_root(tmp_path: Path) -> Path:
 
 def _isolate(mp: pytest.MonkeyPatch, cache: Path) -> None:
     mp.setenv("CNNKIT_CACHE", str(cache))
+    # The list of model import paths this user trusts (cnnkit.models.trust): each test starts with none.
+    mp.setenv("CNNKIT_CONFIG_DIR", str(cache / "config"))
     mp.delenv("CNNKIT_DATA", raising=False)
     # With no root named, cnnkit downloads into ./data: in tests that must fail fast and locally (a
     # closed port on 127.0.0.1, i.e. "no network"), never reach the internet. test_download.py

@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import _guard, _print_json, app
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, app
 
 
 @app.command("export")
 @_guard
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint, e.g. runs/NAME/best.pt."),
+    trust_code: bool = TrustCodeOpt,
     fmt: str = typer.Option("pt2", "--format", "-f", help="pt2 (torch.export) or onnx (needs cnnkit[onnx])."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: beside the checkpoint, "
                                        "best.pt2 / best.onnx)."),
@@ -22,6 +23,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Export a model with its normalisation folded in; takes float32 N×C×H×W images in [0, 1]."""
+    _trust_code(trust_code)
     from cnnkit.evaluation.export import export_checkpoint
 
     r = export_checkpoint(checkpoint, fmt, out, data_root=data_root)

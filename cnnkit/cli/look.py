@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import _guard, _print_json, app
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, app
 
 
 @app.command("look")
@@ -16,6 +16,7 @@ def look_cmd(
     images: Optional[list[Path]] = typer.Argument(None, help="Picture files (the edge toy: none means the "
                                                   "article's striped picture)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint, e.g. runs/NAME/best.pt."),
+    trust_code: bool = TrustCodeOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the pictures (default: look/ "
                                        "beside the checkpoint)."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class with Grad-CAM instead "
@@ -27,6 +28,7 @@ def look_cmd(
 ):
     """Look inside a trained model: each layer's feature maps, the first filters, and Grad-CAM
     (`cnnkit look --checkpoint runs/X/best.pt cat.jpg`)."""
+    _trust_code(trust_code)
     from cnnkit.inspection.look import look
 
     report = look(checkpoint, list(images or []), out_dir=out, class_name=class_name, layer=layer, device=device)

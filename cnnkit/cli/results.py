@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.app import _guard, _print_json, _warn, app, console
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, _warn, app, console
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -21,6 +21,7 @@ from cnnkit.cli.app import _guard, _print_json, _warn, app, console
 @_guard
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint, e.g. runs/NAME/best.pt."),
+    trust_code: bool = TrustCodeOpt,
     data_root: Optional[str] = typer.Option(None, "--data-root",
                                             help="CIFAR-10 folder (beats CNNKIT_DATA and data.root)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -38,6 +39,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Evaluate a checkpoint on the test set: accuracy, per-class report, confusion matrix (also as confusion.png)."""
+    _trust_code(trust_code)
     from cnnkit.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
@@ -121,11 +123,13 @@ def _render_worst(worst) -> None:
 def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or folders (every image in a folder, sorted)."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A classifier checkpoint, e.g. runs/NAME/best.pt."),
+    trust_code: bool = TrustCodeOpt,
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many classes to show per image."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Classify your own pictures: `cnnkit predict --checkpoint runs/X/best.pt cat.jpg photos/`."""
+    _trust_code(trust_code)
     from cnnkit.evaluation.predict import predict_images
 
     report = predict_images(checkpoint, list(images), top_k=top_k, device=device)

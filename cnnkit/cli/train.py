@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import ConfigOpt, SetOpt, _guard, _warn, app, console
+from cnnkit.cli.app import ConfigOpt, SetOpt, TrustCodeOpt, _guard, _trust_code, _warn, app, console
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
@@ -117,9 +117,12 @@ def train_cmd(
         "(a fine-tune); the same as --set train.init_from=PATH."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain lines only, no progress bar."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torch.distributed.run)."),
+    trust_code: bool = TrustCodeOpt,
 ):
     """Train a model: `cnnkit train --config configs/lenet.yaml`."""
     from cnnkit.errors import Interrupted
+
+    _trust_code(trust_code)  # --resume of a checkpoint whose model.name you have not trained with here
 
     if nproc > 1:
         from cnnkit.training.distributed import launch

@@ -22,6 +22,7 @@ from torch import nn
 from cnnkit.errors import ConfigError
 from cnnkit.models.bn_cnn import BNCNN, ConvBNReLU
 from cnnkit.models.edge import Corr2d, EdgeDetector
+from cnnkit.models.external import Sizes, build_external, name_problem
 from cnnkit.models.fast import FastNet
 from cnnkit.models.lenet import LeNet
 from cnnkit.models.registry import MODELS, ModelEntry
@@ -29,15 +30,21 @@ from cnnkit.shapes import Pair
 
 __all__ = ["MODELS", "BNCNN", "ConvBNReLU", "Corr2d", "EdgeDetector", "FastNet", "LeNet", "ModelEntry", "build_model",
            "check_kwargs", "count_params", "describe_settings",
-           "kwargs_problem", "model_settings"]
+           "kwargs_problem", "model_settings", "model_task"]
 
 # The input and output sizes: model.in_channels / num_classes / input_size, never model.kwargs.
 SIZE_ARGUMENTS = ("in_channels", "num_classes", "input_size")
 
 
 def build_model(name: str, *, in_channels: int = 3, num_classes: int = 10, input_size: Pair = (32, 32),
-                **kwargs: Any) -> nn.Module:
-    """Build a registered model, passing only the size arguments its constructor accepts."""
+                cifar_stem: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a model by name, passing only the size arguments its constructor accepts: a registered
+    one, or `SOURCE:TARGET` (torchvision:, timm:, module:Name, file.py:Name; cnnkit.models.external)."""
+    if ":" in name:
+        return build_external(name, Sizes(in_channels, num_classes, tuple(input_size)), kwargs, cifar_stem)
+    if cifar_stem:
+        raise ConfigError(f"model.cifar_stem: {name} is cnnkit's own model, built for small images already; the "
+                          "switch applies to torchvision: and timm: models — drop it")
     check_kwargs(name, kwargs)
     build = MODELS[name].build
     accepted = inspect.signature(build).parameters
@@ -60,7 +67,13 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
 
 
 def kwargs_problem(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
-    """(the dotted key at fault, one line saying what is wrong), or None when the settings fit the model."""
+    """(the dotted key at fault, one line saying what is wrong), or None when the settings fit the model.
+
+    A model from outside the registry is not imported to read its signature here (a config can come
+    from a checkpoint, which must not import code): its kwargs are checked when it is built."""
+    if ":" in name:
+        problem = name_problem(name)
+        return None if problem is None else ("model.name", f"model.name: {problem}")
     if name not in MODELS:
         return "model.name", f"model.name: unknown model {name!r}; choose one of: {', '.join(MODELS)}"
     settings = model_settings(name)
@@ -74,6 +87,11 @@ def kwargs_problem(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
             return f"model.kwargs.{key}", (f"model.kwargs.{key}: got {value!r}; model {name!r} takes "
                                            f"{_describe(annotation)} there (default {_plain(default)})")
     return None
+
+
+def model_task(name: str) -> str:
+    """The cnnkit.tasks name a model learns: its registry entry's; every other model is a classifier."""
+    return MODELS[name].task if name in MODELS else "classify"
 
 
 def model_settings(name: str) -> dict[str, tuple[Any, Any]]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cnnkit.errors import RunError
-from cnnkit.models import MODELS
+from cnnkit.models import model_task
 from cnnkit.tasks import TASKS
 
 METRICS = "metrics.jsonl"
@@ -64,8 +64,8 @@ def run_folder(path: str | Path) -> Path:
 def run_task(folder: Path, rows: list[dict]) -> str:
     """The task name of a run: its model's (from config.yaml), else the task whose metrics the rows hold."""
     model = (_read_config(folder / CONFIG).get("model") or {}).get("name")
-    if isinstance(model, str) and model in MODELS:
-        return MODELS[model].task
+    if isinstance(model, str) and model:
+        return model_task(model)
     # No readable config (copied metrics, a damaged file): the rows tell.
     return next((task.name for task in TASKS.values() if rows and task.reports(rows[-1])), "?")
 

@@ -24,6 +24,7 @@ from cnnkit.config import Config, check_plain_data, config_from_dict
 from cnnkit.device import Runtime, setup_runtime
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.fileio import atomic_write
+from cnnkit.models.external import untrusted_problem
 from cnnkit.tasks import Task, task_for
 
 FORMAT_VERSION = 1
@@ -199,6 +200,14 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state)
 
 
+def require_trusted(config: Config, path: str | Path) -> None:
+    """A checkpoint naming a model import path (module:Name, file.py:Name) that this user has not
+    trusted is refused here, before anything is imported or called (cnnkit.models.trust)."""
+    problem = untrusted_problem(config.model.name)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}")
+
+
 @dataclass
 class LoadedModel:
     """A checkpoint's model rebuilt from its own config, on `runtime.device`, in eval mode."""
@@ -216,21 +225,25 @@ class LoadedModel:
         return int(self.payload.get("epoch", 0))
 
 
-def model_from_checkpoint(path: str | Path, device: str = "auto", *, refuse: tuple[str, ...] = ()) -> LoadedModel:
+def model_from_checkpoint(path: str | Path, device: str = "auto", *, refuse: tuple[str, ...] = (),
+                          model: nn.Module | None = None) -> LoadedModel:
     """Load a checkpoint and rebuild its model (the averaged weights, with an EMA) and runtime.
 
     `refuse` names features the caller is about to use (e.g. "tta", "predict"): a task that cannot
-    do one raises a CheckpointError before any weights are built.
+    do one raises a CheckpointError before any weights are built. `model`, a model object the caller
+    built (cnnkit.api), takes the weights instead of a model rebuilt from the saved config.
     """
     path = Path(path)
     payload = load_checkpoint(path)
     config = config_from_dict(payload["config"], f"{path} (its saved config)")
+    if model is None:
+        require_trusted(config, path)
     task = task_for(config)
     for feature in refuse:
         task.refuse(feature, path, config.model.name)
     runtime = setup_runtime(device, "fp32", config.train.threads, config.train.channels_last)
     classes = list(payload.get("classes") or [])
-    model = model_from_config(config, len(classes) or None)
+    model = model if model is not None else model_from_config(config, len(classes) or None)
     load_model_state(model, payload["model"], str(path))
     model = model.to(runtime.device, memory_format=runtime.memory_format).eval()
     return LoadedModel(path, model, config, task, classes, runtime, payload)

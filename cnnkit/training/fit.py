@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.build import check_model_builds, input_shape
+from cnnkit.build import check_model_builds, check_model_fits, input_shape
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
@@ -30,11 +30,12 @@ from cnnkit.errors import CheckpointError, ConfigError, Interrupted, TrainingErr
 from cnnkit.evaluation.evaluate import evaluate, tta_views
 from cnnkit.evaluation.metrics import EvalResult
 from cnnkit.fileio import atomic_write_text
+from cnnkit.models.external import object_name, resolved_name, trust_name
 from cnnkit.optim.registry import SCHEDULES_OVER_THE_RUN
 from cnnkit.reports.curves import write_curves
 from cnnkit.tasks import Task, task_for
 from cnnkit.training import distributed
-from cnnkit.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint, load_model_state, require_trusted, save_checkpoint
 from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.training.run_folder import choose_run_dir, record_final, write_metrics
 from cnnkit.training.state import TrainState, build_state
@@ -81,13 +82,15 @@ class Run:
 
 def fit(config: Config, *, data_root: str | None = None, run_name: str | None = None, overwrite: bool = False,
         resume: str | Path | None = None, resume_payload: dict | None = None,
-        report: Report = lambda event: None) -> FitResult:
+        report: Report = lambda event: None, model: nn.Module | None = None) -> FitResult:
     """Train `config` to the end, writing a run folder; return the history and the test result.
 
     `config` itself is left as it was: the run works on a copy (which gains the data's mean/std).
+    `model`, a model object (cnnkit.api.train), is trained in place of one built from model.name.
     """
     wall_start = time.time()
     config = config.model_copy(deep=True)
+    _name_the_model(config, model, resume)
     dist = distributed.setup(config.train.device)
     runtime = setup_runtime(dist.device_spec, config.train.precision, config.train.threads,
                             config.train.channels_last, config.train.deterministic)
@@ -98,7 +101,10 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     if config.train.tensorboard:
         require_tensorboard()  # before the data loads: a missing package fails in a second
     task = task_for(config)
-    check_model_builds(config)  # a model that cannot be built fails now, not after the data loads
+    if model is None:
+        check_model_builds(config)  # a model that cannot be built fails now, not after the data loads
+    else:
+        check_model_fits(config, model)
     # The first optimiser imports torch._dynamo (~1 s); do that while the data loads.
     threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True).start()
     prepared = _prepare(config, data_root)
@@ -106,7 +112,7 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     run = Run(config, task, runtime, prepared, choose_run_dir(config, run_name, overwrite, resume), report,
               wall_start)
     state = build_state(config, runtime, len(prepared.classes), len(prepared.train), payload, str(resume),
-                        init_images=_init_images(config, task, prepared) if payload is None else None)
+                        init_images=_init_images(config, task, prepared) if payload is None else None, model=model)
     if run.is_main:
         atomic_write_text(run.run_dir / "config.yaml", config.to_yaml())
     if config.train.tensorboard and run.is_main:
@@ -129,6 +135,19 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     report({"kind": "end", "result": result})
     distributed.teardown()
     return result
+
+
+def _name_the_model(config: Config, model: nn.Module | None, resume) -> None:
+    """The model.name the run saves. A model object is recorded by its class (object:module.Class); a
+    file path becomes absolute, so `cnnkit eval` finds the file from any folder; and a new run's
+    import path joins this user's trusted ones, so its checkpoints load without --trust-code."""
+    if model is not None:
+        if not config.model.name.startswith("object:"):
+            config.model.name = object_name(model)
+        return
+    if resume is None:
+        config.model.name = resolved_name(config.model.name)
+        trust_name(config.model.name, remember=True)
 
 
 def _draw_curves(run_dir: Path) -> list[str]:
@@ -311,6 +330,7 @@ def resume_config(checkpoint: str | Path, overrides: list[str] | tuple[str, ...]
     payload = load_checkpoint(checkpoint)
     source = f"{checkpoint} (its saved config)"
     saved = config_from_dict(payload["config"], source)
+    require_trusted(saved, checkpoint)
     for text in overrides:
         key = ".".join(parse_override(text)[0])
         if key not in RESUME_OVERRIDABLE:

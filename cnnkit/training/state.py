@@ -84,15 +84,17 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int,
-                payload: dict | None = None, source: str = "", init_images: torch.Tensor | None = None) -> TrainState:
+                payload: dict | None = None, source: str = "", init_images: torch.Tensor | None = None,
+                model: nn.Module | None = None) -> TrainState:
     """A fresh state from `config` (seeded), or, with a checkpoint `payload`, the one it saved.
 
     `init_images` (normalised training images) go to the model's `init_from_data`, if it has one
-    (e.g. the fast model's whitening conv), before a fresh run's first step.
+    (e.g. the fast model's whitening conv), before a fresh run's first step. `model`, a model object the
+    caller built, is used instead of building one (its initial weights are the caller's, not train.seed's).
     """
     train = config.train
     torch.manual_seed(train.seed)
-    model = model_from_config(config, num_classes)
+    model = model if model is not None else model_from_config(config, num_classes)
     init_from_data = getattr(model, "init_from_data", None)
     if payload is None and train.init_from is not None:
         _init_weights(model, train.init_from)  # a fine-tune: its weights, this config's fresh schedule
