@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.columns import Columns
 from rich.table import Table
 
 from cnnkit.cli.app import ConfigOpt, SetOpt, _guard, _print_json, app, console
@@ -27,18 +29,29 @@ def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = 
 # ---------------------------------------------------------------------------------------------- models
 @app.command("models")
 @_guard
-def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the registered models with their parameter counts (CIFAR-10 input sizes)."""
+def models_cmd(
+    source: Optional[str] = typer.Argument(None, help="torchvision or timm: list the models that source offers."),
+    pattern: str = typer.Argument("*", help="Only names matching this shell pattern, e.g. 'resnet*'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """List cnnkit's own models (parameters at CIFAR-10 sizes, model.kwargs), or with `torchvision` / `timm`
+    the names `model.name: torchvision:NAME` / `timm:NAME` reaches (`cnnkit models timm 'resnet*'`)."""
+    if source is not None:
+        return _list_source(source, pattern, as_json)
     from cnnkit.models import MODELS, build_model, count_params, describe_settings
 
     rows = []
     for name, entry in MODELS.items():
-        rows.append({"name": name, "task": entry.task,
-                     "params": count_params(build_model(name, in_channels=entry.channels)),
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        with torch_meta():  # shapes only: the big classics cost nothing to count
+            params = count_params(build_model(name, in_channels=entry.channels))
+        rows.append({"name": name, "task": entry.task, "params": params,
                      "summary": entry.summary, "kwargs": describe_settings(name)})
     if as_json:
         return _print_json(rows)
-    table = Table(title="cnnkit models")
+    table = Table(title="cnnkit models", caption="any other model: model.name module:Name, path/to/file.py:Name, "
+                  "torchvision:NAME or timm:NAME (cnnkit models torchvision / cnnkit models timm 'PATTERN')")
     for col, justify in (("name", "left"), ("task", "left"), ("params", "right"), ("summary", "left"),
                          ("model.kwargs (default: what it takes)", "left")):
         table.add_column(col, justify=justify)
@@ -46,6 +59,23 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         kwargs = "\n".join(f"{k}={v['default']}: {v['takes']}" for k, v in row["kwargs"].items())
         table.add_row(row["name"], row["task"], f"{row['params']:,}", row["summary"], kwargs)
     console.print(table)
+
+
+def torch_meta():
+    import torch
+
+    return torch.device("meta")
+
+
+def _list_source(source: str, pattern: str, as_json: bool) -> None:
+    from cnnkit.models.external import list_source
+
+    names = list_source(source, pattern)
+    if as_json:
+        return _print_json([f"{source}:{n}" for n in names])
+    console.print(Columns([f"{source}:{n}" for n in names], equal=True, column_first=True))
+    print(f"{len(names)} {source} model(s) matching {pattern!r}; train one with --set model.name={source}:NAME "
+          "(and model.cifar_stem=true for 32×32 images; docs/stems.md)")
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -56,89 +86,12 @@ shapes_app = typer.Typer(
 app.add_typer(shapes_app, name="shapes")
 
 
-def _fmt_shape(shape) -> str:
-    return "×".join(str(d) for d in shape)
-
-
-def _fmt_pair(pair) -> str:
-    if pair is None:
-        return ""
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _formula_cell(formulas: list[str]) -> str:
-    if not formulas:
-        return ""
-    if formulas[0] == formulas[1]:
-        return f"H,W: {formulas[0]}"
-    return f"H: {formulas[0]}\nW: {formulas[1]}"
-
-
-def _inputs_cell(row) -> str:
-    if not row.inputs:
-        return _fmt_shape(row.input)
-    shapes = [_fmt_shape(i) for i in row.inputs]
-    return f"{len(shapes)} × {shapes[0]}" if len(set(shapes)) == 1 else " + ".join(shapes)
-
-
-def _flow_note(row, previous: str) -> str:
-    """'← bn2 + stem' under a row whose input is not simply the row above's (names inside the row's own
-    block are written relative to it)."""
-    if not row.sources or row.sources == [previous]:
-        return ""
-    scope = row.name.rpartition(".")[0]
-    names = [s.removeprefix(f"{scope}.") if scope and s.startswith(f"{scope}.") else s for s in row.sources]
-    return f"\n[dim]← {' + '.join(names)}[/dim]"
-
-
 def _render_shapes(report, title: str) -> None:
-    caption = ("output size = ⌊(in + 2·p − d·(k−1) − 1) / s⌋ + 1 per dimension; "
-               "RF: receptive field and jump: effective stride, in input pixels")
-    previous = "input"
-    notes = []
-    for row in report.layers:
-        notes.append(_flow_note(row, previous))
-        previous = row.name
-    if any(notes):
-        caption += ("; ← the rows a layer takes its input from, when not the row above (input: the model's "
-                    "input); name(): a torch function called between modules")
-    if not all(row.computed for row in report.layers):
-        caption += "; (torch): no shape rule for that layer, the shape torch produced"
-    table = Table(title=title, caption=caption)
-    table.add_column("layer", no_wrap=True)
-    table.add_column("type", no_wrap=True)
-    table.add_column("k s p d", justify="center", no_wrap=True)
-    table.add_column("kernel shape", no_wrap=True)
-    table.add_column("input → output", no_wrap=True)
-    table.add_column("output size")
-    table.add_column("RF", justify="right")
-    table.add_column("jump", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("%", justify="right")
-    table.add_column("MACs", justify="right")
-    total = max(1, report.params)
-    for row, note in zip(report.layers, notes, strict=True):
-        ksp = " ".join(_fmt_pair(v) for v in (row.kernel, row.stride, row.padding, row.dilation)) if row.kernel else ""
-        kind = row.type if row.layers == 1 else f"{row.type} ({row.layers} layers)"
-        size = _formula_cell(row.formulas) if row.computed or row.layers > 1 else "[dim](torch)[/dim]"
-        table.add_row(row.name + note, kind, ksp, _fmt_shape(row.kernel_shape) if row.kernel_shape else "",
-                      f"{_inputs_cell(row)} → {_fmt_shape(row.output)}", size, _fmt_pair(row.receptive_field),
-                      _fmt_pair(row.jump), f"{row.params:,}", f"{100 * row.params / total:.1f}" if row.params else "",
-                      f"{row.macs:,}")
+    from cnnkit.reports.shapes_table import shapes_table
+
+    table, totals = shapes_table(report, title)
     console.print(table)
-    console.print(
-        f"input {_fmt_shape(report.input)} → output {_fmt_shape(report.output)}   "
-        f"params {report.params:,}   MACs {report.macs:,}   "
-        f"activations {_fmt_bytes(report.activation_bytes)} per image (float32)"
-    )
+    console.print(totals)
 
 
 @shapes_app.callback()
@@ -178,7 +131,7 @@ def shapes_model(
     report = trace_model(model_from_config(cfg), shape).at_depth(depth)
     if as_json:
         return _print_json(report.to_dict())
-    _render_shapes(report, f"{cfg.model.name} on {_fmt_shape(shape)}")
+    _render_shapes(report, f"{cfg.model.name} on {'×'.join(map(str, shape))}")
 
 
 @shapes_app.command("conv")

@@ -176,20 +176,21 @@ class CheckpointEval:
 def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, device: str = "auto",
                         batch_size: int | None = None, tta: bool = False, tta_shift: bool = False,
                         tta_mode: str | None = None, plots_dir: str | Path | None = None,
-                        worst: int = 0) -> CheckpointEval:
+                        worst: int = 0, model: nn.Module | None = None) -> CheckpointEval:
     """Evaluate a checkpoint on its test set; with `plots_dir`, also draw confusion.png / edges.png there.
 
     `tta` alone uses the run's own TTA mode (its train.tta, or flip when it had none), so that eval
     reproduces the TTA figure the run printed; `tta_shift` is mode flip_shift and `tta_mode` names
     any mode of TTA_MODES (either implies `tta`). A picture that cannot be written is a warning, not
     a failure: the numbers are what the user asked for. `worst` > 0 also finds that many
-    highest-loss test images (and draws worst.png in `plots_dir`).
+    highest-loss test images (and draws worst.png in `plots_dir`). `model`, a model object
+    (cnnkit.api.evaluate), takes the checkpoint's weights instead of a model rebuilt from its config.
     """
     tta_mode = tta_mode or ("flip_shift" if tta_shift else None)
     if tta_mode is not None and tta_mode not in TTA_MODES:
         raise ConfigError(f"--tta-mode {tta_mode}: unknown; choose one of: {', '.join(TTA_MODES)}")
     refuse = (("tta",) if tta_mode or tta else ()) + (("worst",) if worst else ())
-    loaded = model_from_checkpoint(path, device, refuse=refuse)
+    loaded = model_from_checkpoint(path, device, refuse=refuse, model=model)
     config, task, runtime = loaded.config, loaded.task, loaded.runtime
     if tta and tta_mode is None:
         tta_mode = config.train.tta if config.train.tta != "none" else "flip"
