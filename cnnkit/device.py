@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -117,6 +118,22 @@ def tune_cpu_allocator() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+class _NoCudaRuntimeNote(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." (torch.utils.cpp_extension logs it
+    when it is imported, as torch.compile's CPU backend does, on a machine with a CUDA toolkit or
+    CUDA_HOME but no GPU): a CPU run never uses CUDA, and the line lands in the middle of its output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home_note() -> None:
+    """Silence that one warning, for a run that has chosen the CPU; every other warning still shows."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNote())
+
+
 def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | None = None,
                   channels_last: bool = False, deterministic: bool = False) -> Runtime:
     dev = resolve_device(device)
@@ -140,6 +157,7 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", threads: int | 
     n_threads = threads or max(1, (os.cpu_count() or 1) // local_procs)
     if dev.type == "cpu":
         tune_cpu_allocator()
+        quiet_cuda_home_note()
     torch.set_num_threads(n_threads)
     if deterministic:
         # Same seed, same bits: no autotuned kernels, and deterministic algorithms where torch has them.

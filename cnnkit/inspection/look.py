@@ -168,11 +168,27 @@ def first_conv(record: Capture) -> tuple[str, torch.Tensor] | None:
     return None
 
 
-def _file_name(kind: str, index: int, count: int, path: str) -> str:
-    """activations.png for one picture; activations-02-cat.png for the second of several."""
+def picture_names(paths: Sequence[str | Path]) -> list[str]:
+    """Each picture's name in titles: its file name, or, where pictures share one, the shortest tail of
+    its path that tells it apart, as `eval --worst` names test images: test/cat/0001.jpg and
+    test/ship/0001.jpg are cat/0001.jpg and ship/0001.jpg. A file given twice keeps its file name."""
+    parts = [Path(p).parts for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        others = [other for j, other in enumerate(parts) if j != i and other != mine]
+        k = 1
+        while k < len(mine) and any(other[-k:] == mine[-k:] for other in others):
+            k += 1
+        names.append(Path(*mine[-k:]).as_posix() if mine else str(paths[i]))
+    return names
+
+
+def _file_name(kind: str, index: int, count: int, name: str) -> str:
+    """activations.png for one picture; activations-02-cat.png for the second of several (a picture
+    named by its folder too, cat/0001.jpg, gives activations-02-cat_0001.png)."""
     if count == 1:
         return f"{kind}.png"
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(path).stem)[:40]
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(Path(name).with_suffix("")))[-40:]
     return f"{kind}-{index + 1:02d}-{stem}.png"
 
 
@@ -182,9 +198,10 @@ def _title(loaded: LoadedModel) -> str:
 
 def _activations(loaded, table, record, pictures, looks, out) -> list[Path]:
     written = []
-    for i, (picture, entry) in enumerate(zip(pictures, looks, strict=True)):
-        path = out / _file_name("activations", i, len(looks), entry.path)
-        title = (f"What each conv / pool / norm layer of {_title(loaded)} sees in {Path(entry.path).name}\n"
+    names = picture_names([entry.path for entry in looks])
+    for i, (picture, entry, name) in enumerate(zip(pictures, looks, names, strict=True)):
+        path = out / _file_name("activations", i, len(looks), name)
+        title = (f"What each conv / pool / norm layer of {_title(loaded)} sees in {name}\n"
                  "each row: the layer's output maps, its shapes from `cnnkit shapes` with the arithmetic; "
                  "one colour scale per row")
         entry.activations = draw.write_activations(picture.cpu(), layer_maps(table, record, i), path, title)
@@ -261,11 +278,10 @@ def _look_classifier(loaded: LoadedModel, paths: list[Path], out: Path, class_na
     probs = cam.logits.softmax(dim=1)  # (N, K)
     values, indices = probs.topk(min(TOP, len(classes)), dim=1)
     panels = []
-    for i, entry in enumerate(looks):
+    for i, (entry, name) in enumerate(zip(looks, picture_names([entry.path for entry in looks]), strict=True)):
         entry.top = [(classes[j], v) for j, v in zip(indices[i].tolist(), values[i].tolist(), strict=True)]
         entry.explained, entry.peak, entry.cam = classes[int(cam.target[i])], cam.peaks[i], cam.maps[i]
-        panels.append(draw.CamPanel(Path(entry.path).name, pictures[i], cam.maps[i], entry.peak, entry.explained,
-                                    entry.top))
+        panels.append(draw.CamPanel(name, pictures[i], cam.maps[i], entry.peak, entry.explained, entry.top))
     report.cam_layer, report.cam_size = layer, cam.layer_size
     which = f"class '{class_name}'" if class_name else "the predicted class"
     title = (f"Grad-CAM at {layer} ({_fmt(cam.layer_size)} maps placed by their receptive fields) for {which}: "
@@ -316,14 +332,14 @@ def _look_edge(loaded: LoadedModel, paths: list[Path], out: Path, class_name: st
                         kernel=kernel)
     report.written += _activations(loaded, table, record, pictures, looks, out)
     report.written += _filters(loaded, record, out)
-    for i, entry in enumerate(looks):
+    for i, (entry, name) in enumerate(zip(looks, picture_names(names) if paths else names, strict=True)):
         entry.output_map, entry.target_map = outputs[i, 0].cpu(), targets[i, 0].cpu()
         entry.edge_error = float((entry.output_map - entry.target_map).abs().max())
-        title = (f"{_title(loaded)} on {Path(entry.path).name}: the learned kernel's output beside the article's "
+        title = (f"{_title(loaded)} on {name}: the learned kernel's output beside the article's "
                  f"X ⋆ [[1, −1]] (max difference {entry.edge_error:.3g})")
         entry.edges = plots.write_edges(inputs[i].mean(dim=0).cpu(), entry.target_map, entry.output_map,
                                         kernel if kernel is not None else [[0.0, 0.0]],
-                                        out / _file_name("edges", i, len(looks), entry.path), title)
+                                        out / _file_name("edges", i, len(looks), name), title)
         report.written.append(entry.edges)
     return report
 
