@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from cnnkit.config import Config
 from cnnkit.data.datasets import DATASETS
 from cnnkit.errors import ConfigError
 from cnnkit.models import MODELS, build_model
-from cnnkit.models.external import check_output
+from cnnkit.models.external import check_output, split_name
 
 
 def input_shape(config: Config) -> tuple[int, int, int]:
@@ -60,3 +62,24 @@ def check_model_fits(config: Config, model: nn.Module) -> None:
     if config.model.name in MODELS:
         return
     check_output(model, input_shape(config), class_count(config), config.model.name)
+
+
+def views_break_channels_last(config: Config, model: nn.Module | None = None) -> bool:
+    """Whether the model's forward calls `.view()` on maps that channels_last lays out otherwise (the zoos'
+    `x.view(x.size(0), -1)` before a linear layer). Asked of a user's own code only (module:Name,
+    file.py:Name, a model object): cnnkit's, torchvision's and timm's models flatten with nn.Flatten or
+    .flatten(). One image through a CPU copy: the meta device keeps convolutions' outputs NCHW, so it
+    cannot tell. A model that cannot be built is check_model_builds' to report."""
+    if model is None and split_name(config.model.name)[0] != "import":
+        return False
+    try:
+        probe = model_from_config(config) if model is None else copy.deepcopy(model).cpu()
+        probe = probe.to(memory_format=torch.channels_last).eval()
+        image = torch.zeros(1, *input_shape(config)).to(memory_format=torch.channels_last)  # (1, C, H, W)
+        with torch.no_grad():
+            probe(image)
+    except RuntimeError as exc:
+        return "view size is not compatible" in str(exc)
+    except Exception:  # noqa: BLE001  (any other failure is check_model_builds' to say, in its own words)
+        return False
+    return False

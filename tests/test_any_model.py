@@ -80,6 +80,17 @@ def ZooNet10():
     return ZooNet(width=8)
 
 
+class FlatNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
 def Listed():
     return [ZooNet()]
 
@@ -234,6 +245,18 @@ def test_precision_channels_last_and_ema_apply(zoo, monkeypatch):
     saved = load_checkpoint(zoo["base"] / "runs" / "all-on" / "last.pt")
     assert saved["config"]["train"]["precision"] == "bf16" and saved["ema_updates"] > 0
     assert "train_model" in saved  # the raw weights beside the average
+    assert saved["config"]["train"]["channels_last"] is True
+
+
+def test_a_forward_that_views_nchw_maps_trains_without_channels_last_and_says_so(zoo, monkeypatch):
+    # x.view(x.size(0), -1) on 16×16 maps fails on a channels_last tensor; the run falls back to NCHW.
+    monkeypatch.chdir(zoo["folder"])
+    result = runner.invoke(app, _train_args(zoo, "zoo_nets:FlatNet", "flat", "train.epochs=1",
+                                            "train.channels_last=true"))
+    assert result.exit_code == 0, result.output
+    assert "warning: train.channels_last is off for zoo_nets:FlatNet: its forward calls .view()" in result.output
+    saved = load_checkpoint(zoo["base"] / "runs" / "flat" / "last.pt")
+    assert saved["config"]["train"]["channels_last"] is False  # what ran
 
 
 @pytest.mark.slow
@@ -397,11 +420,16 @@ def test_trust_code_is_what_lets_a_checkpoint_import(zoo, zoo_run, tmp_path, mon
     trust_list.forget_session()
 
 
-def test_registry_torchvision_and_timm_names_need_no_trust(zoo, zoo_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNKIT_CONFIG_DIR", str(tmp_path / "config"))
-    planted = _planted(tmp_path, zoo_run, "torchvision:resnet18", {})
+@pytest.mark.parametrize("name", ["lenet", "resnet20", "torchvision:resnet18", "timm:resnet18"])
+def test_registry_torchvision_and_timm_names_need_no_trust(zoo, zoo_run, tmp_path, monkeypatch, name):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    monkeypatch.setenv("CNNKIT_CONFIG_DIR", str(tmp_path / "config"))  # a user who trusted nothing
+    trust_list.forget_session()
+    planted = _planted(tmp_path, zoo_run, name, {})
     # Built (no trust asked), then refused only because the weights are another model's.
     _refused(["eval", "--checkpoint", str(planted)], "weights do not fit this model")
+    assert not (tmp_path / "config").exists()  # and nothing joined the trust list
 
 
 # ------------------------------------------------------------------------------------- from Python

@@ -39,6 +39,22 @@ def _edge(tmp_path, root, *extra):
     return load_config("configs/edge.yaml", ["train.device=cpu", "train.epochs=2", f"output.dir={tmp_path}", *extra])
 
 
+def _import_path(tmp_path, root, *extra):
+    # A model given by import path, written as the zoos write them: F.relu, F.max_pool2d, x.view in forward.
+    (tmp_path / "audit_net.py").write_text(
+        "import torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.bn = nn.BatchNorm2d(8)\n"
+        "        self.fc = nn.Linear(8 * 16 * 16, 10)\n\n"
+        "    def forward(self, x):\n"
+        "        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)\n"
+        "        return self.fc(x.view(x.size(0), -1))\n")
+    return _lenet(tmp_path, root, f"model.name={tmp_path / 'audit_net.py'}:Net", *extra)
+
+
 def _lenet_micro(tmp_path, root, *extra):
     return _lenet(tmp_path, root, "train.micro_batch=12", *extra)  # chunks of 12, 12 and 8 in each batch of 32
 
@@ -49,8 +65,8 @@ def _fast_jitter(tmp_path, root, *extra):
 
 @pytest.mark.parametrize("make, epochs, windows",
                          [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_lenet, 1, WINDOWS),
-                          (_lenet_micro, 1, WINDOWS), (_edge, 2, 2)],
-                         ids=["fast", "fast+jitter", "lenet", "lenet+micro_batch", "edge"])
+                          (_lenet_micro, 1, WINDOWS), (_import_path, 1, WINDOWS), (_edge, 2, 2)],
+                         ids=["fast", "fast+jitter", "lenet", "lenet+micro_batch", "file.py:Net", "edge"])
 def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_image_root, monkeypatch, make,
                                                                 epochs, windows):
     # fast: Muon + 3 SGD groups, bf16 autocast, reflect crops, alternating flips, TTA at the end;

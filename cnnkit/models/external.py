@@ -66,7 +66,10 @@ WEIGHT_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_cfg", 
 
 
 def split_name(name: str) -> tuple[str, Source, str]:
-    """'timm:resnet18' → ('timm', its Source, 'resnet18'); an import path → ('import', IMPORT, the whole name)."""
+    """'timm:resnet18' → ('timm', its Source, 'resnet18'); an import path → ('import', IMPORT, the whole name);
+    a name without ':' → ('registry', REGISTRY, name)."""
+    if ":" not in name:
+        return "registry", REGISTRY, name
     prefix, _, target = name.partition(":")
     if prefix in SOURCES:
         return prefix, SOURCES[prefix], target
@@ -76,6 +79,8 @@ def split_name(name: str) -> tuple[str, Source, str]:
 def name_problem(name: str) -> str | None:
     """What is wrong with a `SOURCE:TARGET` name's spelling (None when it reads right). Nothing is imported."""
     kind, _, target = split_name(name)
+    if kind == "registry":
+        return None
     if kind != "import":
         return None if target.strip() else f"nothing after '{kind}:'; e.g. {kind}:resnet18"
     module, _, attr = name.rpartition(":")
@@ -359,6 +364,10 @@ def _build_object(name: str, target: str, sizes: Sizes, kwargs: dict[str, Any]) 
                       "module:Name to get a checkpoint every command can load")
 
 
+def _not_external(name: str, target: str, sizes: Sizes, kwargs: dict[str, Any]) -> nn.Module:
+    raise ConfigError(f"model.name {name}: a registry name is built by cnnkit.models.build_model")
+
+
 SOURCES: dict[str, Source] = {
     "torchvision": Source(_build_torchvision, "torchvision.models' classifiers, without weights",
                           adapts_stem=True, listing=_torchvision_names),
@@ -366,6 +375,7 @@ SOURCES: dict[str, Source] = {
                    adapts_stem=True, listing=_timm_names),
     "object": Source(_build_object, "a model object given to cnnkit.api.train: rebuilt only by passing it again"),
 }
+REGISTRY = Source(_not_external, "cnnkit's own models (cnnkit/models/registry.py)")
 IMPORT = Source(_build_import_path, "module:Name or path/to/file.py:Name: a class or function of your own",
                 needs_trust=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.build import check_model_builds, check_model_fits, input_shape
+from cnnkit.build import check_model_builds, check_model_fits, input_shape, views_break_channels_last
 from cnnkit.config import Config, apply_overrides, config_from_dict, parse_override
 from cnnkit.data import Prepared, Split, prepare_data, to_device
 from cnnkit.device import Runtime, setup_runtime
@@ -92,8 +92,10 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     config = config.model_copy(deep=True)
     _name_the_model(config, model, resume)
     dist = distributed.setup(config.train.device)
+    layout_note = _layout_that_works(config, model)
     runtime = setup_runtime(dist.device_spec, config.train.precision, config.train.threads,
                             config.train.channels_last, config.train.deterministic)
+    runtime.warnings += layout_note
     config.train.precision = runtime.precision  # "auto" resolved: the saved config says what ran
     if distributed.rank() != 0:
         report = lambda event: None  # noqa: E731  (only rank 0 talks)
@@ -148,6 +150,17 @@ def _name_the_model(config: Config, model: nn.Module | None, resume) -> None:
     if resume is None:
         config.model.name = resolved_name(config.model.name)
         trust_name(config.model.name, remember=True)
+
+
+def _layout_that_works(config: Config, model: nn.Module | None) -> list[str]:
+    """channels_last, unless the model's forward views maps as NCHW (x.view(x.size(0), -1)): then the run
+    falls back to NCHW, says so once, and its saved config records what ran."""
+    if not config.train.channels_last or not views_break_channels_last(config, model):
+        return []
+    config.train.channels_last = False
+    return [f"train.channels_last is off for {config.model.name}: its forward calls .view() on maps that "
+            "channels_last lays out differently, so the run uses NCHW; write x.flatten(1) (or .reshape) "
+            "there to train with channels_last"]
 
 
 def _draw_curves(run_dir: Path) -> list[str]:
