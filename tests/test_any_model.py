@@ -324,7 +324,7 @@ def _refused(args: list[str], *needles: str, runs: Path | None = None) -> str:
 
 @pytest.mark.parametrize(("name", "kwargs", "needles"), [
     ("no_such_zoo:Net", "", ["no module named 'no_such_zoo'", "PYTHONPATH"]),
-    ("{file}:ZooNett", "", ["has no 'ZooNett'", "did you mean 'ZooNet'", "ZooNet10"]),
+    ("{file}:ZooNett", "", ["zoo_nets.py has no 'ZooNett'", "did you mean 'ZooNet'", "ZooNet10"]),
     ("{file}:NOT_CALLABLE", "", ["NOT_CALLABLE is a int, not a class or a function"]),
     ("{file}:Listed", "", ["returned a list, not an nn.Module"]),
     ("{file}:Broken", "", ["raised RuntimeError: the zoo's constructor broke", "called with no arguments"]),

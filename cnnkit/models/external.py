@@ -184,7 +184,7 @@ def _short(exc: BaseException, limit: int = 200) -> str:
 def _build_import_path(name: str, target: str, sizes: Sizes, kwargs: dict[str, Any]) -> nn.Module:
     module_part, _, attr = target.rpartition(":")
     module = _load_file(module_part, name) if module_part.endswith(".py") else _import_module(module_part, name)
-    builder = _attribute(module, attr, name)
+    builder = _attribute(module, attr, name, Path(module_part).name if module_part.endswith(".py") else module_part)
     if not callable(builder):
         raise ConfigError(f"model.name {name}: {attr} is a {type(builder).__name__}, not a class or a function "
                           "that returns an nn.Module")
@@ -260,7 +260,7 @@ def _load_file(file: str, label: str):
     return module
 
 
-def _attribute(module, attr: str, label: str):
+def _attribute(module, attr: str, label: str, where: str):
     value = module
     for part in attr.split("."):
         if not hasattr(value, part):
@@ -268,8 +268,7 @@ def _attribute(module, attr: str, label: str):
             close = difflib.get_close_matches(part, offered, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             listed = f"; it defines: {', '.join(offered[:12])}" if offered else ""
-            raise ConfigError(f"model.name {label}: {module.__name__.removeprefix('_cnnkit_model_')} has no "
-                              f"{part!r}{hint}{listed}")
+            raise ConfigError(f"model.name {label}: {where} has no {part!r}{hint}{listed}")
         value = getattr(value, part)
     return value
 
