@@ -212,6 +212,10 @@ class TrainConfig(Section):
     # The loop syncs with the device only every this many steps: to check the loss is finite and to
     # update the progress view (the epoch's totals are reduced on the device).
     sync_every: int = Field(default=50, ge=1)
+    # Steps run before the clock starts and then undone (cnnkit.training.warmup): torch.compile's
+    # compilation and cuDNN's autotuning are timed apart from training. None: 3 with train.compile or
+    # on a GPU, else 0.
+    warmup_steps: Optional[int] = Field(default=None, ge=0)
     # Start a new run from these weights (a checkpoint's `model`: the average, with an EMA), with
     # this config's own fresh optimiser and schedule: a fine-tune. `cnnkit train --init-from X` sets it.
     init_from: Optional[str] = None

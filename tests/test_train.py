@@ -432,3 +432,41 @@ def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path, tiny_image_root
 def test_micro_batch_must_be_positive():
     with pytest.raises(ConfigError, match="micro_batch"):
         load_config(None, ["train.micro_batch=0"])
+
+
+def test_a_warm_up_is_undone_and_timed_apart(tmp_path, tiny_image_root):
+    # The warm-up's steps move the weights, the average, the optimiser's moments, the schedule and
+    # the random state; all of it is put back, so the run equals the run without one, bit for bit.
+    extra = ("data.augment=true", "train.ema_decay=0.9", "schedule.name=onecycle", "optim.name=adamw")
+    cold = fit(tiny_config(tmp_path, tiny_image_root, *extra, "train.warmup_steps=0", epochs=2), run_name="cold")
+    events = []
+    warm = fit(tiny_config(tmp_path, tiny_image_root, *extra, "train.warmup_steps=3", epochs=2), run_name="warm",
+               report=events.append)
+    a, b = (load_checkpoint(r.run_dir / "last.pt") for r in (cold, warm))
+    for key in ("model", "train_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["ema_updates"] == b["ema_updates"] and torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert [r["train_loss"] for r in cold.history] == [r["train_loss"] for r in warm.history]
+    (warmup,) = [e for e in events if e["kind"] == "warmup"]
+    assert warmup["steps"] == 3 and warmup["seconds"] > 0
+    # The two clocks: the steps alone (the epochs' own seconds), and launch to report; both recorded.
+    final = json.loads((warm.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["final"]
+    assert final["train_s"] == pytest.approx(sum(r["epoch_s"] for r in warm.history))
+    assert final["warmup_s"] == warmup["seconds"] and cold.extra["warmup_s"] == 0.0
+    assert final["train_s"] < warm.extra["wall_s"] <= final["launch_to_report_s"]  # fit started the clock
+
+
+def test_the_train_command_prints_both_clocks(tmp_path, tiny_image_root):
+    from typer.testing import CliRunner
+
+    from cnnkit.cli import app
+
+    sets = [f"data.root={tiny_image_root}", "data.val_split=20", "train.epochs=1", f"output.dir={tmp_path}",
+            "train.warmup_steps=1"]
+    result = CliRunner().invoke(app, ["train", "--config", "configs/lenet.yaml", "--name", "clocks",
+                                      *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert "warm-up: 1 steps in " in result.output and "then undone; not counted as training time" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"run folder: {tmp_path / 'clocks'}  (training ") and "warm-up" in last
+    assert "launch → report" in last

@@ -96,11 +96,3 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: sectio
 TrustCodeOpt = typer.Option(
     False, "--trust-code", help="Let the checkpoint's model.name import and run the module or file it names "
     "(module:Name, file.py:Name) though you have not trained with it on this machine.")
-
-
-def _trust_code(on: bool) -> None:
-    """--trust-code: the checkpoints this command reads may name code to import (cnnkit.models.trust)."""
-    if on:
-        from cnnkit.models.trust import trust_all_in_this_process
-
-        trust_all_in_this_process()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, app
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, app
 
 
 @app.command("export")
@@ -23,7 +23,9 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Export a model with its normalisation folded in; takes float32 N×C×H×W images in [0, 1]."""
-    _trust_code(trust_code)
+    from cnnkit.models.trust import trust_checkpoints
+
+    trust_checkpoints(trust_code)
     from cnnkit.evaluation.export import export_checkpoint
 
     r = export_checkpoint(checkpoint, fmt, out, data_root=data_root)

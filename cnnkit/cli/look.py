@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, app
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, app
 
 
 @app.command("look")
@@ -28,7 +28,9 @@ def look_cmd(
 ):
     """Look inside a trained model: each layer's feature maps, the first filters, and Grad-CAM
     (`cnnkit look --checkpoint runs/X/best.pt cat.jpg`)."""
-    _trust_code(trust_code)
+    from cnnkit.models.trust import trust_checkpoints
+
+    trust_checkpoints(trust_code)
     from cnnkit.inspection.look import look
 
     report = look(checkpoint, list(images or []), out_dir=out, class_name=class_name, layer=layer, device=device)

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _trust_code, _warn, app, console
+from cnnkit.cli.app import TrustCodeOpt, _guard, _print_json, _warn, app, console
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -39,7 +39,9 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Evaluate a checkpoint on the test set: accuracy, per-class report, confusion matrix (also as confusion.png)."""
-    _trust_code(trust_code)
+    from cnnkit.models.trust import trust_checkpoints
+
+    trust_checkpoints(trust_code)
     from cnnkit.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, data_root=data_root, device=device, tta=tta, tta_shift=tta_shift,
@@ -129,7 +131,9 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Classify your own pictures: `cnnkit predict --checkpoint runs/X/best.pt cat.jpg photos/`."""
-    _trust_code(trust_code)
+    from cnnkit.models.trust import trust_checkpoints
+
+    trust_checkpoints(trust_code)
     from cnnkit.evaluation.predict import predict_images
 
     report = predict_images(checkpoint, list(images), top_k=top_k, device=device)

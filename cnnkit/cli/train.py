@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cnnkit.cli.app import ConfigOpt, SetOpt, TrustCodeOpt, _guard, _trust_code, _warn, app, console
+from cnnkit.cli.app import ConfigOpt, SetOpt, TrustCodeOpt, _guard, _warn, app, console
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
@@ -61,6 +61,10 @@ class _TrainView:
             self.task_id = self.progress.add_task("train", total=e["steps_per_epoch"], epoch=e["start_epoch"] + 1,
                                                   loss=float("nan"))
 
+    def on_warmup(self, e: dict) -> None:
+        print(f"warm-up: {e['steps']} steps in {e['seconds']:.1f} s (compiling, autotuning), then undone; "
+              "not counted as training time", flush=True)
+
     def on_step(self, e: dict) -> None:
         if self.progress is not None:
             # The loss arrives only at the loop's sync points; between them the bar keeps the last one.
@@ -97,7 +101,9 @@ class _TrainView:
                   f"loss {r.tta.loss:.4f}")
         if r.test is not None:
             print(f"best.pt (epoch {r.best_epoch}): {r.task.fit_line(r.test, r.test_is_train)}")
-        print(f"run folder: {r.run_dir}  ({r.extra['wall_s']:.1f} s)")
+        warm = f", warm-up {r.extra['warmup_s']:.1f} s apart" if r.extra.get("warmup_s") else ""
+        print(f"run folder: {r.run_dir}  (training {r.extra['train_s']:.1f} s{warm}; launch → report "
+              f"{r.extra['launch_to_report_s']:.1f} s)")
         for warning in r.warnings:
             _warn(warning)
 
@@ -121,8 +127,9 @@ def train_cmd(
 ):
     """Train a model: `cnnkit train --config configs/lenet.yaml`."""
     from cnnkit.errors import Interrupted
+    from cnnkit.models.trust import trust_checkpoints
 
-    _trust_code(trust_code)  # --resume of a checkpoint whose model.name you have not trained with here
+    trust_checkpoints(trust_code)  # --resume of a checkpoint whose model.name you have not trained with here
 
     if nproc > 1:
         from cnnkit.training.distributed import launch
@@ -170,7 +177,8 @@ def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -
             raise ConfigError("--resume continues a run and --init-from starts a new one; pass one of them")
         cfg, payload = resume_config(resume, set_ or [])
         _fetch_data(cfg, data_root)
-        fit(cfg, data_root=data_root, resume=resume, resume_payload=payload, report=_TrainView(quiet))
+        fit(cfg, data_root=data_root, resume=resume, resume_payload=payload, report=_TrainView(quiet),
+            launched=_launched())
         return
     if config is None:
         from cnnkit.errors import ConfigError
@@ -187,7 +195,13 @@ def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -
 
     check_model_builds(cfg)  # the model and its optimisers too, before a download could start
     _fetch_data(cfg, data_root)
-    fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet))
+    fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet), launched=_launched())
+
+
+def _launched() -> float:
+    import cnnkit
+
+    return cnnkit.IMPORTED_AT
 
 
 def _fetch_data(cfg, data_root: Optional[str]) -> None:

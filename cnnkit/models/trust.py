@@ -73,6 +73,12 @@ def trust_all_in_this_process() -> None:
     _session_all["on"] = True
 
 
+def trust_checkpoints(on: bool) -> None:
+    """A command's --trust-code flag."""
+    if on:
+        trust_all_in_this_process()
+
+
 def forget_session() -> None:
     """Back to the trust file alone (for tests and long-lived notebook processes)."""
     _session.clear()
