@@ -3,9 +3,15 @@
 #   OUT=/some/folder bash scripts/gpu_check.sh
 # 1. tests/test_cuda.py (CUDA paths: autocast in the loop, GradScaler, fast.yaml bf16/fp16, resume,
 #    compile, the host-sync audit; ~2-3 min on an H100/H200);
-# 2. scripts/bench_train.py --device cuda on configs/fast.yaml and configs/lenet.yaml (~3-4 min).
-# Writes at most 6 files into $OUT: env.txt, test_cuda.log, test_cuda.xml, bench_train.log,
-# bench_train.json, summary.txt. Expects python3 with torch and cnnkit importable (PYTHONPATH=repo)
+# 2. side by side (issue 29): airbench94_muon (BENCH_DIR, default .gpu/bench; unchanged but for its run
+#    count: 5 runs after its max-autotune warm-up, ~3.5 min on an H100) and configs/fast_gpu.yaml over 5
+#    seeds (cnnkit sweep, one worker: one process, so compiled graphs are reused), then one table from
+#    their own logs (scripts/side_by_side.py): TTA accuracy mean ± std, training seconds (warm-up apart),
+#    launch-to-report seconds;
+# 3. with BENCH=1 only: scripts/bench_train.py --device cuda on fast.yaml and lenet.yaml (~3-4 min).
+# SKIP_TESTS=1 skips step 1 (to fit step 2 in one 10-minute device call when test_cuda.py ran already).
+# Writes into $OUT: env.txt, test_cuda.log/.xml, airbench.log, side_by_side.md, sweep.log, summary.txt
+# (and bench_train.log/.json). Expects python3 with torch and cnnkit importable (PYTHONPATH=repo)
 # and CNNKIT_DATA pointing at CIFAR-10 (the real-data test and the benchmark need it).
 set -u -o pipefail
 : "${OUT:?set OUT to the folder for the logs}"
@@ -21,20 +27,46 @@ PY=${PYTHON:-python3}
   echo "CNNKIT_DATA=${CNNKIT_DATA:-unset}"
 } > "$OUT/env.txt" 2>&1
 
-start=$(date +%s)
-timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py --durations=15 \
-  --junitxml="$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log"
-tests_rc=${PIPESTATUS[0]}
-tests_s=$(( $(date +%s) - start ))
+tests_rc=0; tests_s=0
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  start=$(date +%s)
+  timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py --durations=15 \
+    --junitxml="$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log"
+  tests_rc=${PIPESTATUS[0]}
+  tests_s=$(( $(date +%s) - start ))
+fi
 
+# airbench94_muon, 5 runs, on this very data (its loader reads cifar10/{train,test}.pt in its folder).
+BENCH_DIR=$(cd "${BENCH_DIR:-.gpu/bench}" && pwd)
+mkdir -p "$OUT/airbench"
 start=$(date +%s)
-timeout "${BENCH_TIMEOUT:-420}" "$PY" scripts/bench_train.py --device cuda --configs configs/fast.yaml configs/lenet.yaml \
-  --no-textbook --bare-seconds 5 --out "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
-bench_rc=${PIPESTATUS[0]}
-bench_s=$(( $(date +%s) - start ))
+( cd "$OUT/airbench" && "$PY" "$BENCH_DIR/airbench_data.py" "$CNNKIT_DATA" cifar10 >/dev/null \
+  && sed 's/for run in range(200)/for run in range(5)/' "$BENCH_DIR/airbench94_muon.py" > ab5.py \
+  && timeout "${AIRBENCH_TIMEOUT:-330}" "$PY" ab5.py ) > "$OUT/airbench.log" 2>&1
+airbench_rc=$?
+airbench_s=$(( $(date +%s) - start ))
+rm -rf "$OUT/airbench"  # its data copies (~180 MB) and logs/: not results
+
+# The cnnkit recipe, 5 seeds, in one worker process.
+start=$(date +%s)
+timeout "${SWEEP_TIMEOUT:-330}" "$PY" -m cnnkit sweep --config configs/fast_gpu.yaml --seeds 5 --workers 1 \
+  --name gpu5 --set output.dir=/tmp/cnnkit-gpu-runs > "$OUT/sweep.log" 2>&1
+sweep_rc=$?
+sweep_s=$(( $(date +%s) - start ))
+"$PY" scripts/side_by_side.py --airbench-log "$OUT/airbench.log" --sweep /tmp/cnnkit-gpu-runs/gpu5 \
+  --airbench-wall-s "$airbench_s" 2>&1 | tee "$OUT/side_by_side.md"
+
+bench_rc=0
+if [ "${BENCH:-0}" = 1 ]; then
+  timeout "${BENCH_TIMEOUT:-420}" "$PY" scripts/bench_train.py --device cuda --configs configs/fast.yaml \
+    configs/lenet.yaml --no-textbook --bare-seconds 5 --out "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
+  bench_rc=${PIPESTATUS[0]}
+fi
 
 {
-  echo "tests/test_cuda.py: exit $tests_rc in ${tests_s} s: $(tail -n 1 "$OUT/test_cuda.log")"
-  echo "scripts/bench_train.py --device cuda: exit $bench_rc in ${bench_s} s"
+  echo "tests/test_cuda.py: exit $tests_rc in ${tests_s} s: $(tail -n 1 "$OUT/test_cuda.log" 2>/dev/null)"
+  echo "airbench94_muon (5 runs + warm-up): exit $airbench_rc in ${airbench_s} s"
+  echo "cnnkit sweep configs/fast_gpu.yaml --seeds 5: exit $sweep_rc in ${sweep_s} s"
+  [ "${BENCH:-0}" = 1 ] && echo "scripts/bench_train.py --device cuda: exit $bench_rc"
 } | tee "$OUT/summary.txt"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$tests_rc" -eq 0 ] && [ "$airbench_rc" -eq 0 ] && [ "$sweep_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

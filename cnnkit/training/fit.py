@@ -133,7 +133,9 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
                        prepared.classes, task, task.learned_kernel(state.model), {"wall_s": time.time() - wall_start},
                        test_is_train=prepared.test is prepared.train)
     if test is not None and config.train.tta != "none" and "tta" not in task.refusals:
-        result.tta_views, result.tta = _final_tta(run, state, test)
+        tta_start = time.perf_counter()
+        result.tta_views, result.tta = _final_tta(run, state, test)  # its numbers are read back: synced
+        result.extra["tta_s"] = time.perf_counter() - tta_start
     # The two clocks, as airbench's and a user's: the training steps alone (warm-up apart), and launch
     # (the command's start; fit's for a caller in Python) to the final report.
     result.extra.update(train_s=sum(r["epoch_s"] for r in state.history), warmup_s=warmup_s,
@@ -294,7 +296,8 @@ def _final_entry(run: Run, result: FitResult) -> dict:
              **run.task.fields("test", result.test)}
     if result.tta is not None:
         entry.update(tta_mode=run.config.train.tta, tta_acc=result.tta.accuracy, tta_loss=result.tta.loss)
-    entry.update({k: result.extra[k] for k in ("train_s", "warmup_s", "launch_to_report_s")})
+    entry.update({k: result.extra[k] for k in ("train_s", "warmup_s", "tta_s", "launch_to_report_s")
+                  if k in result.extra})
     return entry
 
 
