@@ -159,6 +159,10 @@ def _isolated_session_env(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(autouse=True)
 def _isolated_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     _isolate(monkeypatch, tmp_path_factory.mktemp("cnnkit-cache"))
+    # Model import paths trusted in this process (cnnkit.models.trust) do not carry from test to test.
+    from cnnkit.models.trust import forget_session
+
+    forget_session()
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,7 @@ from cnnkit.config import load_config
 from cnnkit.errors import ConfigError, Interrupted
 from cnnkit.models import build_model
 from cnnkit.models import trust as trust_list
+from cnnkit.models.external import trust_name
 from cnnkit.training.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.training.fit import fit
 
@@ -357,6 +358,7 @@ def test_timm_not_installed_says_how_to_install(monkeypatch):
 
 
 def test_cifar_stem_on_a_model_that_has_its_own_is_refused(zoo):
+    trust_name(f"{zoo['file']}:ZooNet")
     with pytest.raises(ConfigError, match="model.cifar_stem: applies to torchvision: and timm: models"):
         build_model(f"{zoo['file']}:ZooNet", cifar_stem=True)
     with pytest.raises(ConfigError, match="model.cifar_stem: lenet is cnnkit's own model"):
@@ -482,3 +484,28 @@ def test_a_model_object_trains_and_its_checkpoint_says_how_to_load_it(zoo, tmp_p
     assert "Python object" in line
     again = api.evaluate(result.run_dir / "best.pt", model=NotebookNet())
     assert again.result.accuracy == result.test.accuracy
+
+
+def test_size_arguments_go_to_a_constructor_that_names_them(zoo):
+    # ZooNet names num_classes (and not in_channels): it gets the data's class count.
+    trust_name(f"{zoo['file']}:ZooNet")  # named here, in the user's own code
+    model = build_model(f"{zoo['file']}:ZooNet", num_classes=7, width=4)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    # A constructor without in_channels meets grayscale data in the meta-device check, one line.
+    from cnnkit.build import check_model_fits
+
+    config = load_config(None, [f"model.name={zoo['file']}:ZooNet", "data.grayscale=true"])
+    with torch.device("meta"):
+        gray = build_model(f"{zoo['file']}:ZooNet", in_channels=1)
+    with pytest.raises(ConfigError, match=r"its forward pass fails on 1×32×32 images: RuntimeError"):
+        check_model_fits(config, gray)
+
+
+def test_a_relative_file_path_is_saved_absolute(zoo, monkeypatch, tmp_path):
+    monkeypatch.chdir(zoo["base"])
+    relative = "elsewhere/zoo_nets.py:ZooNet10"
+    result = fit(load_config(ROOT / "configs" / "lenet.yaml", [
+        f"model.name={relative}", f"data.root={zoo['data']}", *TINY, f"output.dir={tmp_path}", "train.epochs=1"]),
+        run_name="rel")
+    saved = load_checkpoint(result.run_dir / "best.pt")["config"]["model"]["name"]
+    assert saved == f"{zoo['file']}:ZooNet10" and Path(saved.rpartition(":")[0]).is_absolute()
