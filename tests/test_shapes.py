@@ -283,7 +283,8 @@ def test_trace_model_equals_real_shapes(name, kwargs, shape):
     model = build_model(name, **kwargs)
     report = trace_model(model, shape)
     real, real_out = _real_leaf_shapes(model, shape)
-    assert [(r.name, r.input, r.output) for r in report.layers] == real
+    # Module rows against the real leaves; a residual add is a torch-function row (layer1.0.add()), no leaf.
+    assert [(r.name, r.input, r.output) for r in report.layers if r.kind == "module"] == real
     assert report.input == shape
     assert report.output == real_out
     assert report.params == sum(p.numel() for p in model.parameters())
