@@ -30,7 +30,7 @@ PY=${PYTHON:-python3}
 tests_rc=0; tests_s=0
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   start=$(date +%s)
-  timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py --durations=15 \
+  timeout "${TEST_TIMEOUT:-420}" "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_optim_paths.py --durations=15 \
     --junitxml="$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log"
   tests_rc=${PIPESTATUS[0]}
   tests_s=$(( $(date +%s) - start ))

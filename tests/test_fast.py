@@ -127,7 +127,7 @@ def test_fast_yaml_trains_on_tiny_data_with_tta(tmp_path, tiny_image_root):
     assert result.test.accuracy > 0.5  # 10 colour-coded classes; chance is 0.1
     assert result.tta is not None and len(result.tta_views) == 6  # flip_translate
     payload = load_checkpoint(result.run_dir / "last.pt")
-    # Four groups, four optimisers, saved side by side; the config that made them goes with them.
+    # Four groups, one state each, saved side by side; the config that made them goes with them.
     assert [len(s["param_groups"]) for s in payload["optimizer"]["optimizers"]] == [1, 1, 1, 1]
     assert [g["name"] for g in payload["config"]["optim"]["groups"]] == ["muon", "sgd", "sgd", "sgd"]
     # The whitening filters came from the data (not torch's init) and never moved.
@@ -142,14 +142,15 @@ def test_group_schedule_length_and_first_match_wins(tmp_path, tiny_image_root):
 
     config = _fast_config(tmp_path, tiny_image_root, epochs=4)
     state = build_state(config, setup_runtime("cpu", threads=1), 10, 200)
-    muon, whiten_bias, norm_bias, head = state.optimizer.optimizers
-    assert sum(p.numel() for p in whiten_bias.param_groups[0]["params"]) == 24
+    muon, sgd = state.optimizer.optimizers  # the three SGD groups share one SGD, a param group each
+    whiten_bias, norm_bias, head = sgd.param_groups
+    assert sum(p.numel() for p in whiten_bias["params"]) == 24
     assert all(p.ndim == 4 for p in muon.param_groups[0]["params"]) and len(muon.param_groups[0]["params"]) == 6
     steps = 4 * 5  # 200 images / batch 40, for 4 epochs; the whitening bias's schedule lasts 3 of them
     lrs = []
     for _ in range(steps):
         state.scheduler.step()
-        lrs.append((whiten_bias.param_groups[0]["lr"], head.param_groups[0]["lr"]))
+        lrs.append((whiten_bias["lr"], head["lr"]))
     assert lrs[14][0] == 0.0 and lrs[13][0] > 0  # 0 from step 15 = 3 epochs on
     assert lrs[18][1] > 0 and lrs[19][1] == 0.0  # the head's lasts the whole run
     # A group whose schedule has ended at lr 0 stops computing gradients; the others go on.

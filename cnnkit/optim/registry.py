@@ -2,8 +2,11 @@
 
 A config may give some parameters optimisers of their own (`optim.groups`): e.g. the conv filters
 to Muon, the norm biases and the head to SGD, each with its lr, weight decay and schedule length.
-Each group is its own torch optimiser; `OptimizerSet` steps them together and `ScheduleSet` moves
-their learning rates, so the loop sees one optimiser and one schedule either way.
+Groups naming the same optimiser share one torch optimiser, a param group each (the arithmetic is
+per group either way, and one step call runs torch's foreach or fused kernels over all of them);
+`OptimizerSet` steps the optimisers together and `ScheduleSet` moves every group's learning rate,
+so the loop sees one optimiser and one schedule either way. Checkpoints hold one state per config
+group, as when each group had an optimiser of its own.
 """
 
 from __future__ import annotations
@@ -80,9 +83,71 @@ def plan_groups(model: nn.Module, optim, batch_size: int) -> list[GroupPlan]:
     return [p for p in [*plans, rest] if p.params]
 
 
+# Optimisers whose every setting is per param group (their step loops over the groups, each with its
+# own lr, momentum, weight decay...), so config groups naming the same one can share one instance,
+# a param group each, with the same arithmetic. Not every torch optimiser can (LBFGS takes one group).
+SHAREABLE = frozenset({"adam", "adamw", "sgd", "muon"})
+
+
+# Settings that choose how torch computes a step, not what it computes.
+KERNEL_KEYS = ("foreach", "fused")
+
+
+def kernel_choice(name: str, device: torch.device) -> dict:
+    """How torch should run an optimiser's arithmetic on `device`, when the config does not say.
+
+    SGD: fused on CUDA (one kernel per param group for the whole update, where foreach takes ~4);
+    foreach elsewhere. Not fused on the CPU, though torch has the kernel: it rounds plain momentum
+    differently (measured: 1 ulp from the per-tensor loop after 20 steps; Nesterov's matched),
+    while the CPU's foreach ops are the per-tensor loop's own kernels, so the weights are
+    bit-identical to separate optimisers' (tests/test_optim_paths.py). Nor is the time worth it
+    there: fast.yaml's three SGD groups took 0.26 ms a step as three optimisers, 0.23 shared with
+    foreach, 0.11 fused, in a step of ~1 s (`scripts/bench_optim.py --threads 1`, the 2-core Xeon).
+    """
+    if name != "sgd":
+        return {}
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def merge_optimizers(optimizers: list[torch.optim.Optimizer], names: list[str]
+                     ) -> tuple[list[torch.optim.Optimizer], list[tuple[int, int]]]:
+    """One optimiser per SHAREABLE name, holding those optimisers' param groups in config order;
+    the others kept as they are. Returns the optimisers and, for each one given, where its group
+    went: (optimiser index, param group index).
+
+    Each given optimiser was built (and its kwargs checked) from one config group, so its param
+    group carries every setting, all filled in; the shared one is built from those groups.
+    """
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        members.setdefault(name if name in SHAREABLE else f"#{i}", []).append(i)
+    merged, slots = [], [(0, 0)] * len(optimizers)
+    for name, indices in members.items():
+        if name in SHAREABLE:
+            groups = [dict(g) for i in indices for g in optimizers[i].param_groups]
+            fast = kernel_choice(name, groups[0]["params"][0].device)
+            if any(g.get(key) is not None for g in groups for key in KERNEL_KEYS):
+                fast = {}  # the config chose the kernels
+            for group in groups:
+                group.update(fast)  # the constructor's defaults would not replace a group's own None
+            opt = type(optimizers[indices[0]])(groups, **fast)
+        else:
+            (opt,) = (optimizers[i] for i in indices)
+        for j, i in enumerate(indices):
+            slots[i] = (len(merged), j)
+        merged.append(opt)
+    return merged, slots
+
+
 class OptimizerSet:
-    """Several optimisers stepped as one. With a single one, its state_dict is saved as it is (so
-    checkpoints from before groups existed still load).
+    """Several optimisers stepped as one, e.g. Muon for the filters and one SGD holding the other
+    config groups as its param groups (merge_optimizers).
+
+    Checkpoints keep one optimiser state per config group, in config order, as when each group had an
+    optimiser of its own (`slots` says where each group now lives): so checkpoints saved before the
+    groups shared optimisers still load, bit for bit, and any checkpoint reads the same whatever the
+    sharing. With a single group its state_dict is saved as it is (so checkpoints from before groups
+    existed still load).
 
     Under fp16 the set steps through a grad scaler as one optimiser would: every optimiser's
     gradients are unscaled, one check over all of them decides, and then all of them step or none
@@ -91,13 +156,16 @@ class OptimizerSet:
     (a group whose schedule has ended and was frozen, see ScheduleSet.freeze_finished).
     """
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, optimizers: list[torch.optim.Optimizer], slots: list[tuple[int, int]] | None = None):
         self.optimizers = optimizers
+        # (optimiser, param group) of each config group, in config order; by default every param group.
+        self.slots = slots or [(i, j) for i, opt in enumerate(optimizers) for j in range(len(opt.param_groups))]
         self._unscaled = False  # unscale_ ran since the last step
 
     @property
     def param_groups(self) -> list[dict]:
-        return [g for opt in self.optimizers for g in opt.param_groups]
+        """One per config group, in config order."""
+        return [self.optimizers[i].param_groups[j] for i, j in self.slots]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -135,23 +203,54 @@ class OptimizerSet:
         return bool(torch.stack([f.to(device, non_blocking=True) for f in flags]).sum())  # (k,) → one read
 
     def state_dict(self) -> dict:
-        if len(self.optimizers) == 1:
-            return self.optimizers[0].state_dict()
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+        whole = [opt.state_dict() for opt in self.optimizers]
+        states = [split_group(whole[i], j) for i, j in self.slots]
+        return states[0] if len(states) == 1 else {"optimizers": states}
 
     def load_state_dict(self, state: dict) -> None:
         states = state["optimizers"] if "optimizers" in state else [state]
-        if len(states) != len(self.optimizers):
+        if len(states) != len(self.slots):
             raise ConfigError(f"the checkpoint holds {len(states)} optimiser(s) and the config makes "
-                              f"{len(self.optimizers)}; resume with the config it was trained with")
-        for opt, saved in zip(self.optimizers, states, strict=True):
-            opt.load_state_dict(saved)
+                              f"{len(self.slots)}; resume with the config it was trained with")
+        for i, opt in enumerate(self.optimizers):
+            mine = sorted(((j, saved) for (o, j), saved in zip(self.slots, states, strict=True) if o == i),
+                          key=lambda pair: pair[0])
+            # torch takes every setting from the checkpoint, the kernels too; those stay this machine's
+            # (kernel_choice): a checkpoint from before the groups shared says None, a CPU run's foreach.
+            kernels = [{k: g[k] for k in KERNEL_KEYS if k in g} for g in opt.param_groups]
+            opt.load_state_dict(join_groups([saved for _, saved in mine]))
+            for group, chosen in zip(opt.param_groups, kernels, strict=True):
+                group.update(chosen)
+
+
+def split_group(whole: dict, j: int) -> dict:
+    """Param group `j` of an optimiser's state_dict as the state_dict of an optimiser holding only it:
+    its parameters renumbered from 0, with their state."""
+    group = whole["param_groups"][j]
+    ids = group["params"]
+    state = {new: whole["state"][old] for new, old in enumerate(ids) if old in whole["state"]}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(ids)))}]}
+
+
+def join_groups(parts: list[dict]) -> dict:
+    """split_group's inverse: one state_dict from several optimisers' (each param group after the
+    ones before it, its parameters numbered on from theirs)."""
+    state, groups, offset = {}, [], 0
+    for part in parts:
+        for group in part["param_groups"]:
+            ids = group["params"]
+            state.update({offset + k: part["state"][old] for k, old in enumerate(ids) if old in part["state"]})
+            groups.append({**group, "params": list(range(offset, offset + len(ids)))})
+            offset += len(ids)
+    return {"state": state, "param_groups": groups}
 
 
 def build_optimizers(model: nn.Module, optim, batch_size: int) -> tuple[OptimizerSet, list[GroupPlan]]:
+    """The config's optimisers, those of the same kind sharing one instance (merge_optimizers): one
+    step call, and one foreach or fused kernel chain per group, for fast.yaml's three SGD groups."""
     plans = plan_groups(model, optim, batch_size)
-    return OptimizerSet([build_optimizer(p.params, p.name, p.lr, p.weight_decay, p.kwargs, p.where)
-                         for p in plans]), plans
+    separate = [build_optimizer(p.params, p.name, p.lr, p.weight_decay, p.kwargs, p.where) for p in plans]
+    return OptimizerSet(*merge_optimizers(separate, [p.name for p in plans])), plans
 
 
 # ---------------------------------------------------------------------------------------- schedules
@@ -193,20 +292,33 @@ SCHEDULES: dict[str, ScheduleFn] = {"constant": constant, "cosine": cosine, "one
 SCHEDULES_OVER_THE_RUN = frozenset({"cosine", "onecycle"})
 
 
+def multiplier(name: str, total_steps: int, warmup_steps: int, final_lr_ratio: float) -> Callable[[int], float]:
+    """The schedule `name` as LambdaLR wants it: step → multiplier of the base lr. A plain function
+    (not a partial), so LambdaLR saves None for it, as it always has."""
+    fn = SCHEDULES[name]
+    return lambda step: fn(step, total_steps, warmup_steps, final_lr_ratio)
+
+
 def build_scheduler(optimizer, name: str, total_steps: int, warmup_steps: int, final_lr_ratio: float
                     ) -> torch.optim.lr_scheduler.LambdaLR:
-    fn = SCHEDULES[name]
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: fn(step, total_steps, warmup_steps, final_lr_ratio))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier(name, total_steps, warmup_steps, final_lr_ratio))
 
 
 class ScheduleSet:
-    """One LambdaLR per optimiser of an OptimizerSet, stepped together (state saved like OptimizerSet's)."""
+    """One LambdaLR per optimiser of an OptimizerSet, with a multiplier per param group (each config
+    group's own length), stepped together. Saved like OptimizerSet: one LambdaLR state per config
+    group, in config order, so checkpoints from when each group had its own LambdaLR still load."""
 
-    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR], horizons: list[int] | None = None,
-                 final_lr_ratio: float = 1.0):
+    # The entries of a LambdaLR's state_dict that hold one value per param group; the rest (the step
+    # count) are the scheduler's, the same for every group.
+    PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas")
+
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR], horizons: list[float] | None = None,
+                 final_lr_ratio: float = 1.0, slots: list[tuple[int, int]] | None = None):
         self.schedulers = schedulers
-        self.horizons = horizons or [math.inf] * len(schedulers)  # the step each schedule ends at
+        # (scheduler, param group) of each config group, as OptimizerSet.slots; by default every group.
+        self.slots = slots or [(i, j) for i, s in enumerate(schedulers) for j in range(len(s.optimizer.param_groups))]
+        self.horizons = horizons or [math.inf] * len(self.slots)  # the step each config group's schedule ends at
         self.final_lr_ratio = final_lr_ratio
 
     def freeze_finished(self) -> None:
@@ -215,35 +327,45 @@ class ScheduleSet:
         pass reach back through the first, largest layers. The weights are exactly the same."""
         if self.final_lr_ratio != 0:
             return
-        for scheduler, horizon in zip(self.schedulers, self.horizons, strict=True):
+        for (i, j), horizon in zip(self.slots, self.horizons, strict=True):
+            scheduler = self.schedulers[i]
             if scheduler.last_epoch >= horizon:
-                for group in scheduler.optimizer.param_groups:
-                    for param in group["params"]:
-                        param.requires_grad_(False)
+                for param in scheduler.optimizer.param_groups[j]["params"]:
+                    param.requires_grad_(False)
 
     def step(self) -> None:
         for scheduler in self.schedulers:
             scheduler.step()
 
     def state_dict(self) -> dict:
-        if len(self.schedulers) == 1:
-            return self.schedulers[0].state_dict()
-        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+        whole = [s.state_dict() for s in self.schedulers]
+        states = [{k: [v[j]] if k in self.PER_GROUP else v for k, v in whole[i].items()} for i, j in self.slots]
+        return states[0] if len(states) == 1 else {"schedulers": states}
 
     def load_state_dict(self, state: dict) -> None:
         states = state["schedulers"] if "schedulers" in state else [state]
-        for scheduler, saved in zip(self.schedulers, states, strict=True):
-            scheduler.load_state_dict(saved)
+        if len(states) != len(self.slots):
+            raise ConfigError(f"the checkpoint holds {len(states)} schedule(s) and the config makes "
+                              f"{len(self.slots)}; resume with the config it was trained with")
+        for i, scheduler in enumerate(self.schedulers):
+            mine = [saved for (o, _), saved in sorted(zip(self.slots, states, strict=True), key=lambda pair: pair[0])
+                    if o == i]
+            joined = {**mine[0], **{k: [v for saved in mine for v in saved[k]] for k in self.PER_GROUP if k in mine[0]}}
+            scheduler.load_state_dict(joined)
 
 
 def build_schedules(optimizers: OptimizerSet, plans: list[GroupPlan], schedule, steps_per_epoch: int,
                     epochs: int) -> ScheduleSet:
-    """The configured schedule for every group, over the run or over the group's `schedule_epochs`."""
+    """The configured schedule for every group, over the run or over the group's `schedule_epochs`:
+    one LambdaLR per optimiser, with each of its param groups' own multiplier."""
     warmup = round(schedule.warmup_epochs * steps_per_epoch)
-    schedulers, horizons = [], []
-    for opt, plan in zip(optimizers.optimizers, plans, strict=True):
+    fns: list[list[Callable[[int], float] | None]] = [[None] * len(opt.param_groups) for opt in optimizers.optimizers]
+    horizons = []
+    for (i, j), plan in zip(optimizers.slots, plans, strict=True):
         total = round((plan.schedule_epochs or epochs) * steps_per_epoch)
-        schedulers.append(build_scheduler(opt, schedule.name, total, min(warmup, total), schedule.final_lr_ratio))
+        fns[i][j] = multiplier(schedule.name, total, min(warmup, total), schedule.final_lr_ratio)
         # Only a group that stops early is ever frozen: the others end with the run.
         horizons.append(total if plan.schedule_epochs is not None and schedule.name != "constant" else math.inf)
-    return ScheduleSet(schedulers, horizons, schedule.final_lr_ratio)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, group_fns)
+                  for opt, group_fns in zip(optimizers.optimizers, fns, strict=True)]
+    return ScheduleSet(schedulers, horizons, schedule.final_lr_ratio, optimizers.slots)
