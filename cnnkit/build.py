@@ -8,19 +8,18 @@ import torch
 from torch import nn
 
 from cnnkit.config import Config
-from cnnkit.data.datasets import DATASETS
+from cnnkit.data.datasets import DATASETS, data_shape, known_class_count
 from cnnkit.errors import ConfigError
 from cnnkit.models import MODELS, build_model
 from cnnkit.models.external import check_output, split_name
 
 
 def input_shape(config: Config) -> tuple[int, int, int]:
-    """(C, H, W) the model sees: from model.* when set, else from the data section."""
-    dataset = DATASETS[config.data.dataset]
-    channels = 1 if config.data.grayscale else dataset.channels
-    size = dataset.input_size
+    """(C, H, W) the model sees: from model.* when set, else from the data section (the dataset's own
+    size or data.input_size; one channel with data.grayscale)."""
+    channels, height, width = data_shape(config.data)
     channels = config.model.in_channels or channels
-    size = tuple(config.model.input_size) if config.model.input_size else size
+    size = tuple(config.model.input_size) if config.model.input_size else (height, width)
     return (channels, *size)  # type: ignore[return-value]
 
 
@@ -28,21 +27,47 @@ def input_shape(config: Config) -> tuple[int, int, int]:
 RESERVED_KWARGS = ("in_channels", "num_classes", "input_size", "name")
 
 
-def model_from_config(config: Config, num_classes: int | None = None) -> nn.Module:
+def model_from_config(config: Config, num_classes: int | None = None, *, data_root: str | None = None) -> nn.Module:
+    """The model the config names, sized for its input and for `num_classes` (the loaded data's; None:
+    as class_count says before the data loads, with `data_root` being --data-root)."""
     clash = [k for k in RESERVED_KWARGS if k in config.model.kwargs]
     if clash:
         raise ConfigError(f"model.kwargs.{clash[0]}: set model.{clash[0]} instead of passing it in model.kwargs")
     channels, height, width = input_shape(config)
-    return build_model(config.model.name, in_channels=channels, num_classes=class_count(config, num_classes),
-                       input_size=(height, width), cifar_stem=config.model.cifar_stem, **config.model.kwargs)
+    model = build_model(config.model.name, in_channels=channels,
+                        num_classes=class_count(config, num_classes, data_root), input_size=(height, width),
+                        cifar_stem=config.model.cifar_stem, **config.model.kwargs)
+    if num_classes is not None and DATASETS[config.data.dataset].num_classes is None:
+        # An image folder's classes are known for sure once it has loaded (check_model_fits may not have
+        # found the folder before): a model from outside the registry is checked against them now.
+        check_model_fits(config, model, num_classes, data_root)
+    return model
 
 
-def class_count(config: Config, num_classes: int | None = None) -> int:
-    """The classes the model scores: model.num_classes, else the data's (as loaded, else as registered)."""
-    return config.model.num_classes or num_classes or DATASETS[config.data.dataset].num_classes
+class _NotGiven:
+    """check_model_fits' default for `data_root`: the caller did not say where the data will be read."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
 
 
-def check_model_builds(config: Config) -> None:
+NOT_GIVEN = _NotGiven()
+
+
+# Before an image folder is found, a model is sized for this many classes: enough for the shapes-only
+# build on the meta device (check_model_builds) — the run builds its model again from the loaded data.
+UNKNOWN_CLASSES = 2
+
+
+def class_count(config: Config, num_classes: int | None = None, data_root: str | None = None) -> int:
+    """The classes the model scores: model.num_classes, else the data's (as loaded, else as the dataset
+    has them: its registered number, or an image folder's class folders where a run would look; see
+    cnnkit.data.known_class_count). An image folder not found yet gives UNKNOWN_CLASSES."""
+    return (config.model.num_classes or num_classes or known_class_count(config.data, data_root)
+            or UNKNOWN_CLASSES)
+
+
+def check_model_builds(config: Config, data_root: str | None | _NotGiven = NOT_GIVEN) -> None:
     """Build the model on the meta device (shapes only: no memory, no data, no time) and its
     optimisers on those parameters. A constructor's own range error (`model.kwargs.widths=[0,64,64]`)
     or optimiser kwargs meant for another optimiser (lenet.yaml's Adam betas under
@@ -50,18 +75,29 @@ def check_model_builds(config: Config) -> None:
     from cnnkit.optim.registry import build_optimizers
 
     with torch.device("meta"):
-        model = model_from_config(config)
+        model = model_from_config(config, data_root=None if data_root is NOT_GIVEN else data_root)
         build_optimizers(model, config.optim, config.train.batch_size)
-    check_model_fits(config, model)
+    check_model_fits(config, model, data_root=data_root)
 
 
-def check_model_fits(config: Config, model: nn.Module) -> None:
+def check_model_fits(config: Config, model: nn.Module, num_classes: int | None = None,
+                     data_root: str | None | _NotGiven = NOT_GIVEN) -> None:
     """A model from outside the registry (a user's, torchvision's, timm's) takes the data's images and
     scores its classes: one forward pass on the meta device. Registry models size themselves from the
-    config, and their constructors say which layer an input is too small for."""
+    config, and their constructors say which layer an input is too small for.
+
+    `num_classes`: the loaded data's; before it loads, the dataset's number, or an image folder's class
+    folders counted where the run will look: `data_root` is its --data-root (None: none given). A caller
+    that does not pass `data_root` cannot say where that is, so an image folder's classes are checked
+    only once it has loaded (model_from_config with the data's classes), never against another folder."""
     if config.model.name in MODELS:
         return
-    check_output(model, input_shape(config), class_count(config), config.model.name)
+    count = config.model.num_classes or num_classes
+    if count is None and (DATASETS[config.data.dataset].num_classes is not None or data_root is not NOT_GIVEN):
+        count = known_class_count(config.data, None if data_root is NOT_GIVEN else data_root)
+    if count is None:
+        return
+    check_output(model, input_shape(config), count, config.model.name)
 
 
 def views_break_channels_last(config: Config, model: nn.Module | None = None) -> bool:

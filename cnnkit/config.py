@@ -83,8 +83,11 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    # cifar10: the real images (image folder or cifar-10-batches-py); stripes: the seed's 6×8 picture.
+    # cifar10: the real images (image folder or cifar-10-batches-py); cifar100; mnist and fashion_mnist
+    # (1×28×28); imagefolder: the user's own pictures; stripes: the seed's 6×8 picture (cnnkit.data.datasets).
     dataset: str = "cifar10"
+    # fine: CIFAR-100's 100 classes; coarse: its 20 superclasses. Other datasets have fine labels only.
+    labels: Literal["fine", "coarse"] = "fine"
     root: Optional[str] = None
     download: bool = False
     cache_dir: Optional[str] = None
@@ -111,6 +114,10 @@ class DataConfig(Section):
     # None = computed from the training images and written into the resolved config.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # [H, W] every image is brought to (cnnkit.data.pictures' rule: stretched, bilinear, antialiased);
+    # None = the dataset's own (32×32 CIFAR, 28×28 MNIST), and 32×32 for an image folder. Last among the
+    # keys, so that its check sees the augmentation settings above.
+    input_size: Optional[tuple[int, int]] = None
 
     @field_validator("dataset")
     @classmethod
@@ -118,6 +125,36 @@ class DataConfig(Section):
         from cnnkit.data.datasets import DATASETS
 
         return _check_registry_name(name, DATASETS, "dataset")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_the_dataset_has(cls, labels: str, info) -> str:
+        from cnnkit.data.datasets import DATASETS
+
+        dataset = info.data.get("dataset")
+        if labels == "coarse" and dataset in DATASETS and DATASETS[dataset].coarse_classes is None:
+            having = [name for name, entry in DATASETS.items() if entry.coarse_classes is not None]
+            raise ValueError(f"coarse labels are superclasses, which {dataset} does not have; only "
+                             f"{', '.join(having)} has them (its 20 superclasses): use labels: fine")
+        return labels
+
+    @field_validator("input_size")
+    @classmethod
+    def _size_the_data_can_take(cls, size, info):
+        if size is None:
+            return size
+        if min(size) < 1:
+            raise ValueError("must be two positive integers [H, W]")
+        if info.data.get("dataset") == "stripes":
+            raise ValueError("the seed's striped picture is 6×8 by definition; drop data.input_size")
+        if max(size) > 4096:
+            raise ValueError("at most 4096 pixels a side: cnnkit keeps every image in memory at this size")
+        padding = info.data.get("crop_padding", 0)
+        if info.data.get("augment") and info.data.get("pad_mode") == "reflect" and padding >= min(size):
+            raise ValueError(f"data.crop_padding={padding} with data.pad_mode=reflect must be smaller than the "
+                             f"{size[0]}×{size[1]} images (a mirror reaches at most {min(size) - 1} pixels); use "
+                             f"data.crop_padding={min(size) - 1} or less, or data.pad_mode=zeros")
+        return size
 
 
 class ParamGroupConfig(Section):

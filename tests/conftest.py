@@ -144,6 +144,9 @@ def _isolate(mp: pytest.MonkeyPatch, cache: Path) -> None:
     # points these at its own local server.
     mp.setenv("CNNKIT_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     mp.delenv("CNNKIT_CIFAR10_MD5", raising=False)
+    for name in ("CIFAR100", "MNIST", "FASHION_MNIST"):
+        mp.setenv(f"CNNKIT_{name}_URL", "http://127.0.0.1:9/")
+        mp.delenv(f"CNNKIT_{name}_MD5", raising=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -90,7 +90,7 @@ def test_unknown_section_with_did_you_mean(tmp_path):
         ("model: lenet\n", ["model"]),
         ("train:\n  device: tpu\n", ["train.device", "cuda"]),
         ("train:\n  precision: fp8\n", ["train.precision", "fp16"]),
-        ("data:\n  dataset: mnist\n", ["data.dataset", "cifar10"]),
+        ("data:\n  dataset: imagenet\n", ["data.dataset", "cifar10"]),
     ],
 )
 def test_wrong_type(tmp_path, text, words):

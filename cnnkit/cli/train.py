@@ -134,7 +134,7 @@ def train_cmd(
     if nproc > 1:
         from cnnkit.training.distributed import launch
 
-        _check_before_launch(config, set_, resume, init_from, nproc)
+        _check_before_launch(config, set_, resume, init_from, nproc, data_root)
         raise typer.Exit(launch(nproc, _argv_without_nproc(sys.argv[1:])))
 
     try:
@@ -146,7 +146,7 @@ def train_cmd(
         raise
 
 
-def _check_before_launch(config, set_, resume, init_from, nproc: int) -> None:
+def _check_before_launch(config, set_, resume, init_from, nproc: int, data_root: Optional[str] = None) -> None:
     """The config, checked once here before `nproc` processes start: a typo or a batch that does not
     split over them is one line and exit 2 at once, not the same error from every rank after each
     has imported torch. The ranks check everything again (and the data, the devices) themselves."""
@@ -163,7 +163,7 @@ def _check_before_launch(config, set_, resume, init_from, nproc: int) -> None:
     else:
         return  # the ranks say "no config" themselves
     check_batch(cfg.train.batch_size, world=nproc)
-    check_model_builds(cfg)
+    check_model_builds(cfg, data_root)
 
 
 def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -> None:
@@ -193,7 +193,7 @@ def _train(config, set_, data_root, name, overwrite, resume, init_from, quiet) -
         load_checkpoint(cfg.train.init_from)
     from cnnkit.build import check_model_builds
 
-    check_model_builds(cfg)  # the model and its optimisers too, before a download could start
+    check_model_builds(cfg, data_root)  # the model and its optimisers too, before a download could start
     _fetch_data(cfg, data_root)
     fit(cfg, data_root=data_root, run_name=name, overwrite=overwrite, report=_TrainView(quiet), launched=_launched())
 

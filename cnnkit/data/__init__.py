@@ -1,10 +1,14 @@
-"""CIFAR-10 (and the seed's stripes picture) as uint8 tensors, and the whole-batch ops on them.
+"""The datasets (CIFAR-10, CIFAR-100, MNIST, Fashion-MNIST, the user's own image folder, the seed's
+stripes picture) as uint8 tensors, and the whole-batch ops on them.
 
 One job a module:
-  sources       the data root (./data by default), which layout it holds, the cache in front (load_cifar10)
-  download      cifar-10-python.tar.gz fetched, md5-checked and unpacked atomically, progress to a callback
+  sources       the data root (./data by default), each dataset's layouts, the cache in front (load_source)
+  download      tarballs and file sets fetched, md5-checked and put in place atomically, progress to a callback
   batches       the cifar-10-batches-py pickles, through a restricted unpickler
-  image_folder  root/{train,test}/<class>/ images, listed and decoded (in parallel) with Pillow
+  cifar100      the cifar-100-python pickles (fine and coarse labels) and the superclass table
+  idx           MNIST's raw IDX files, plain or .gz
+  image_folder  root/{train,val,test}/<class>/ images, listed and decoded (in parallel) with Pillow
+  pictures      the rule a picture of any size and mode becomes a model's input by (also predict's)
   cache         the keyed on-disk tensor cache
   splits        Split, the train/val hold-out, balanced subsets, the epoch order
   transforms    whole-batch augment, normalise, grayscale, channel statistics
@@ -17,7 +21,9 @@ from cnnkit.data.datasets import (
     DatasetEntry,
     Prepared,
     PreparedTest,
+    data_shape,
     fetch_data,
+    known_class_count,
     prepare_data,
     prepare_test,
     to_device,
@@ -28,11 +34,16 @@ from cnnkit.data.sources import (
     DEFAULT_DATA_ROOT,
     DataReport,
     DataRoot,
+    Decoding,
+    Source,
     choose_data_root,
     fetch_cifar10,
+    fetch_source,
     inspect_cifar10,
+    inspect_source,
     load_cifar10,
     load_cifar10_test,
+    load_source,
     resolve_data_root,
 )
 from cnnkit.data.splits import CifarData, Split, epoch_permutation, split_train_val, take_subset
@@ -49,7 +60,8 @@ from cnnkit.data.transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MD5", "CIFAR10_URL", "DATASETS", "DEFAULT_DATA_ROOT", "CifarData", "DataReport",
-    "DataRoot",
+    "DataRoot", "Decoding", "Source", "data_shape", "fetch_source", "inspect_source", "known_class_count",
+    "load_source",
     "DatasetEntry", "Prepared", "PreparedTest", "Split", "alternating_flips", "augment_batch", "channel_tensors",
     "channel_stats", "choose_data_root", "default_cache_dir", "download_cifar10", "epoch_permutation",
     "fetch_cifar10", "fetch_data", "inspect_cifar10", "jitter_batch", "jitter_draws", "load_cifar10",

@@ -47,24 +47,25 @@ _ALLOWED_GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: Path) -> None:
+    def __init__(self, file, path: Path, dataset: str = "CIFAR-10", archive: str = "cifar-10-python.tar.gz") -> None:
         super().__init__(file, encoding="bytes")  # like the original format: keys come back as bytes
-        self.path = path
+        self.path, self.dataset, self.archive = path, dataset, archive
 
     def find_class(self, module: str, name: str):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise DataError(
-                f"{self.path} is not a CIFAR-10 batch: its pickle names {module}.{name}, which is "
-                f"refused because it could run code; re-extract cifar-10-python.tar.gz"
+                f"{self.path} is not a {self.dataset} batch: its pickle names {module}.{name}, which is "
+                f"refused because it could run code; re-extract {self.archive}"
             ) from None
 
 
-def _load_pickle(path: Path) -> dict:
+def _load_pickle(path: Path, dataset: str = "CIFAR-10", archive: str = "cifar-10-python.tar.gz") -> dict:
+    """The dict in a batch pickle (CIFAR-10's, or CIFAR-100's with `dataset`/`archive` naming it in messages)."""
     try:
         with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(f, path).load()
+            obj = _RestrictedUnpickler(f, path, dataset, archive).load()
     except DataError:
         raise
     except OSError as exc:
@@ -72,19 +73,19 @@ def _load_pickle(path: Path) -> dict:
     except Exception as exc:  # truncated or garbled bytes surface as many different exceptions
         raise DataError(
             f"{path} is corrupt or truncated ({type(exc).__name__}: {one_line(exc)}); "
-            f"re-extract cifar-10-python.tar.gz"
+            f"re-extract {archive}"
         ) from exc
     if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR-10 batch (a {type(obj).__name__}, not a dict); re-extract it")
+        raise DataError(f"{path} is not a {dataset} batch (a {type(obj).__name__}, not a dict); re-extract it")
     return obj
 
 
-def _field(batch: dict, key: str, path: Path):
+def _field(batch: dict, key: str, path: Path, dataset: str = "CIFAR-10"):
     # Original files have bytes keys; a copy re-pickled by Python 3 may have str keys.
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]
-    raise DataError(f"{path} has no '{key}' entry; it is not a CIFAR-10 batch file, re-extract it")
+    raise DataError(f"{path} has no '{key}' entry; it is not a {dataset} batch file, re-extract it")
 
 
 def _list_batches(source_dir: Path) -> list[tuple[str, int, int]]:

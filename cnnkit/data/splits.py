@@ -44,6 +44,10 @@ class CifarData:
     folder: Path | None = None
     cache_path: Path | None = None
     cache: str = ""
+    # An image folder's own val/<class>/ split, when it has one (else validation is cut from train).
+    val: Split | None = None
+    # Files in an image folder's class folders that are not pictures by their name (notes.txt), skipped.
+    skipped: int = 0
 
 
 def _balanced_quotas(counts: list[int], n: int) -> list[int]:

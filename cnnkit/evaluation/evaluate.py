@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnkit.data import Split, channel_tensors, prepare_test, to_device
 from cnnkit.device import Runtime
-from cnnkit.errors import ConfigError, RunError
+from cnnkit.errors import CheckpointError, ConfigError, RunError
 from cnnkit.evaluation.metrics import EvalResult, classification_report, most_confused
 from cnnkit.inspection.worst import WorstImage, worst_images, write_worst
 from cnnkit.reports.plots import draw_figure
@@ -125,6 +125,34 @@ TTA_MODES: dict[str, list[tuple[int, int, float]]] = {
 # ---------------------------------------------------------------------------------------- eval
 
 
+def _few(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(names[:shown])
+    return listed + (f", … ({len(names)} in all)" if len(names) > shown else "")
+
+
+def check_classes(path: str | Path, trained: list[str], found: list[str], source: str) -> None:
+    """A checkpoint scores the classes it was trained on, in their order; test data with other classes
+    (or the same ones under other labels) would be scored against the wrong names: one line saying how
+    they differ. A checkpoint without class names (an old one) is taken as it is."""
+    if not trained or trained == found:
+        return
+    only_data = [c for c in found if c not in trained]
+    only_checkpoint = [c for c in trained if c not in found]
+    if not only_data and not only_checkpoint and len(trained) == len(found):
+        first = next(i for i, (a, b) in enumerate(zip(trained, found, strict=True)) if a != b)
+        how = (f"the same classes in another order (label {first} is {trained[first]!r} to the checkpoint "
+               f"and {found[first]!r} in the data)")
+    else:
+        parts = []
+        if only_data:
+            parts.append(f"the data has {_few(only_data)}, which the checkpoint was not trained on")
+        if only_checkpoint:
+            parts.append(f"the checkpoint knows {_few(only_checkpoint)}, which the data lacks")
+        how = "; ".join(parts)
+    raise CheckpointError(f"{path} was trained on {len(trained)} classes but the test data ({source}) has "
+                          f"{len(found)}: {how}; evaluate it on the data it was trained on (--data-root DIR)")
+
+
 @dataclass
 class TTAResult:
     views: list[str]  # e.g. ["original", "flip", "shift +1x", ...]
@@ -196,6 +224,7 @@ def evaluate_checkpoint(path: str | Path, *, data_root: str | None = None, devic
         tta_mode = config.train.tta if config.train.tta != "none" else "flip"
     # The test split alone, with the mean/std the run resolved (saved in its config): no training images read.
     prepared = prepare_test(config, data_root)
+    check_classes(loaded.path, loaded.classes, list(prepared.classes), prepared.source)
     classes = loaded.classes or list(prepared.classes)
     test = to_device(prepared.test, runtime.device)
 

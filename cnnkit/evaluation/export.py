@@ -7,7 +7,10 @@ upstream, so it is not offered.
 The exported model takes what an image decoder gives, scaled: float32 (N, C, H, W) in [0, 1], RGB
 (or the one gray channel for a data.grayscale model), N any batch size; it returns the model's raw
 outputs (logits for a classifier; the edge map for the edge toy). The per-channel (x − mean)/std the
-run trained with is inside it. After writing, the file is loaded back and run on a batch of test
+run trained with is inside it, and so are a classifier's class names, in the order of its outputs: a
+.pt2 file carries `classes.json` (torch.export.load(path, extra_files={"classes.json": ""})), an
+.onnx file the metadata entry `classes` (onnxruntime's get_modelmeta().custom_metadata_map), both a
+JSON list. After writing, the file is loaded back and run on a batch of test
 images next to the PyTorch model fed through cnnkit's own evaluation path; a difference beyond the
 tolerance is an ExportError.
 """
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,6 +64,7 @@ class ExportResult:
     tolerance: float
     top1_agree: int | None  # classifiers: images whose argmax matches the PyTorch model's
     size_bytes: int
+    classes: list[str] = field(default_factory=list)  # a classifier's, in the order of its outputs
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None, *,
@@ -90,10 +95,11 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     # A batch of 2 keeps N symbolic (torch.export specialises sizes 0 and 1); the edge toy has one picture.
     example = scaled[torch.arange(2) % len(scaled)]  # (2, C, H, W)
     dynamic = {"images": {0: torch.export.Dim.DYNAMIC}}
+    classes = list(loaded.classes) if task.name == "classify" else []
     if fmt == "pt2":
-        outputs = _export_pt2(wrapper, example, dynamic, path, scaled)
+        outputs = _export_pt2(wrapper, example, dynamic, path, scaled, classes)
     else:
-        outputs = _export_onnx(wrapper, example, dynamic, path, scaled)
+        outputs = _export_onnx(wrapper, example, dynamic, path, scaled, classes)
 
     diff = float((outputs - reference).abs().max())
     agree = int((outputs.argmax(1) == reference.argmax(1)).sum()) if task.name == "classify" else None
@@ -101,9 +107,10 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     kind = "RGB" if c == 3 else "grayscale" if c == 1 else f"{c}-channel"
     out_shape = ", ".join(["N", *map(str, reference.shape[1:])])
     what = "logits" if task.name == "classify" else "edge map"
+    named = f" over the classes {_listed(classes)} (saved in the file as {CLASSES_ENTRY[fmt]})" if classes else ""
     result = ExportResult(path, fmt, f"images: float32 [N, {c}, {h}, {w}], {kind} in [0, 1] (N: any batch size; "
-                          f"the mean/std normalisation is inside)", f"{what}: float32 [{out_shape}]",
-                          checked_on, len(images), diff, TOLERANCE[fmt], agree, path.stat().st_size)
+                          f"the mean/std normalisation is inside)", f"{what}: float32 [{out_shape}]{named}",
+                          checked_on, len(images), diff, TOLERANCE[fmt], agree, path.stat().st_size, classes)
     if not diff <= TOLERANCE[fmt]:  # also catches NaN
         path.unlink(missing_ok=True)  # a file that does not match its model is not an export
         raise ExportError(f"{path}: the exported model's outputs differ from the PyTorch model's by up to {diff:.3g} "
@@ -128,13 +135,23 @@ def _check_images(loaded, data_root: str | None) -> tuple[torch.Tensor, str]:
         return images, f"{CHECK_IMAGES} random images (no test images: {one_line(exc)[:80]}…)"
 
 
+# Where a file keeps the class names, per format.
+CLASSES_ENTRY = {"pt2": "classes.json", "onnx": "metadata 'classes'"}
+
+
+def _listed(classes: list[str], shown: int = 10) -> str:
+    names = ", ".join(classes[:shown])
+    return names + (f", … ({len(classes)} in all)" if len(classes) > shown else "")
+
+
 def _export_pt2(wrapper: nn.Module, example: torch.Tensor, dynamic: dict, path: Path,
-                scaled: torch.Tensor) -> torch.Tensor:
+                scaled: torch.Tensor, classes: list[str]) -> torch.Tensor:
     try:
         program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic)
     except Exception as exc:  # torch.export's failures are many types, all "this model cannot be traced"
         raise ExportError(f"torch.export could not trace the model ({one_line(exc)[:200]})") from exc
-    atomic_write(path, lambda f: torch.export.save(program, f))
+    extra = {"classes.json": json.dumps(classes)} if classes else None
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files=extra))
     with torch.inference_mode():
         return torch.export.load(path).module()(scaled).float()  # what a user of the file gets
 
@@ -149,7 +166,7 @@ def _require_onnx() -> None:
 
 
 def _export_onnx(wrapper: nn.Module, example: torch.Tensor, dynamic: dict, path: Path,
-                 scaled: torch.Tensor) -> torch.Tensor:
+                 scaled: torch.Tensor, classes: list[str]) -> torch.Tensor:
     import onnxruntime
 
     try:
@@ -160,6 +177,8 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, dynamic: dict, path:
                                         output_names=["outputs"], dynamic_shapes=dynamic, verbose=False)
     except Exception as exc:
         raise ExportError(f"torch.onnx could not export the model ({one_line(exc)[:200]})") from exc
+    if classes:
+        program.model.metadata_props["classes"] = json.dumps(classes)
     # ONNXProgram writes by path: a temporary name with the usual file mode, then renamed into place.
     atomic_save(path, lambda tmp: program.save(str(tmp)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

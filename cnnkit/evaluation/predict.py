@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from cnnkit.build import input_shape
-from cnnkit.data import normalize, to_grayscale
+from cnnkit.data import normalize
+from cnnkit.data.pictures import fit_picture, to_rgb
 from cnnkit.device import Runtime
 from cnnkit.errors import CheckpointError, one_line
 from cnnkit.training.checkpoint import LoadedModel, model_from_checkpoint
@@ -150,44 +150,24 @@ def expand_inputs(paths: list[str | Path]) -> tuple[list[tuple[Path, str | None]
 def load_image(path: str | Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int], str]:
     """A picture as the model's uint8 input (C, H, W), with the file's own size and mode.
 
-    Raises whatever Pillow raises for an unreadable file; `predict_images` turns it into one line.
+    The rule is an image folder's (cnnkit.data.pictures): a picture that is also a training file
+    becomes exactly the tensor the run trained on. Raises whatever Pillow raises for an unreadable
+    file; `predict_images` turns it into one line.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     channels, height, width = shape
+    if channels not in (1, 3):
+        raise ValueError(f"the model expects {channels} input channels; only 1 (L) or 3 (RGB) come from a picture")
     with Image.open(path) as im:
         size, mode = im.size, im.mode
-        im = ImageOps.exif_transpose(im)  # phone photos are often stored sideways plus a rotation tag
-        im = _to_rgb(im)
-        if im.size != (width, height):
-            # Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
-            im = im.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
-    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
-    if channels == 1:
-        image = to_grayscale(image[None])[0]  # (1, H, W), the luma the grayscale training data had
-    elif channels != 3:
-        raise ValueError(f"the model expects {channels} input channels; only 1 (L) or 3 (RGB) come from a picture")
+        pixels = fit_picture(im, height, width, channels)  # (H, W, C)
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # (C, H, W) uint8
     return image, size, mode
 
 
-def _to_rgb(im):
-    """Any Pillow mode → 8-bit RGB: transparency over white, 16-bit and float scaled to 0–255."""
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode.startswith("I") or im.mode == "F":
-        values = np.asarray(im).astype(np.float64)  # (H, W)
-        if im.mode.startswith("I;16") or (im.mode == "I" and values.max(initial=0) > 255):
-            values = values / 257  # 0–65535 → 0–255
-        elif im.mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255  # a float picture in [0, 1]
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    return im.convert("RGB") if im.mode != "RGB" else im
+# The conversion to RGB lives with the image-folder decoder now; the old name stays for callers.
+_to_rgb = to_rgb
 
 
 def _why_unreadable(exc: BaseException) -> str:

@@ -107,12 +107,14 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
         require_tensorboard()  # before the data loads: a missing package fails in a second
     task = task_for(config)
     if model is None:
-        check_model_builds(config)  # a model that cannot be built fails now, not after the data loads
+        check_model_builds(config, data_root)  # a model that cannot be built fails now, not after the data loads
     else:
-        check_model_fits(config, model)
+        check_model_fits(config, model, data_root=data_root)
     # The first optimiser imports torch._dynamo (~1 s); do that while the data loads.
     threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True).start()
     prepared = _prepare(config, data_root)
+    if model is not None:  # an image folder's classes are known for sure now
+        check_model_fits(config, model, len(prepared.classes))
     payload = (resume_payload or load_checkpoint(resume)) if resume is not None else None
     run = Run(config, task, runtime, prepared, choose_run_dir(config, run_name, overwrite, resume), report,
               wall_start)
