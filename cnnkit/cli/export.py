@@ -31,8 +31,9 @@ def export_cmd(
     r = export_checkpoint(checkpoint, fmt, out, data_root=data_root)
     if as_json:
         return _print_json({"path": str(r.path), "format": r.format, "input": r.input_spec, "output": r.output_spec,
-                            "checked_on": r.checked_on, "max_abs_diff": r.max_abs_diff, "tolerance": r.tolerance,
-                            "top1_agree": r.top1_agree, "n_checked": r.n_checked, "bytes": r.size_bytes})
+                            "checked_on": r.checked_on, "classes": r.classes, "max_abs_diff": r.max_abs_diff,
+                            "tolerance": r.tolerance, "top1_agree": r.top1_agree, "n_checked": r.n_checked,
+                            "bytes": r.size_bytes})
     print(f"input  {r.input_spec}")
     print(f"output {r.output_spec}")
     agree = f"; top-1 agrees on {r.top1_agree}/{r.n_checked}" if r.top1_agree is not None else ""
