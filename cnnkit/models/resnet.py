@@ -14,13 +14,22 @@ already normalised it). As in kuangliu's file there is no final BN-ReLU before t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 
-class BasicBlock(nn.Module):
-    """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut, then ReLU."""
+def shortcut_b(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Option B: a 1×1 conv + BN where a block changes the shape (resnet_cifar's option A is parameter-free)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+
+class BasicBlock(nn.Module):
+    """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut, then ReLU (He et al. 2015's Fig. 2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 shortcut: Callable[[int, int, int], nn.Module] = shortcut_b):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -28,10 +37,8 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu2 = nn.ReLU(inplace=True)
-        self.shortcut = None  # the identity, unless the block changes the shape (option B)
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+        change = stride != 1 or in_channels != out_channels
+        self.shortcut = shortcut(in_channels, out_channels, stride) if change else None  # None: the identity
 
     def forward(self, x):  # (B, C_in, H, W)
         out = self.conv1(x)  # (B, C_out, H/s, W/s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.models.resnet import BasicBlock  # with option A shortcuts here
 from cnnkit.shapes import SHAPE_RULES, pool_row
 
 
@@ -40,32 +41,6 @@ def _shortcut_a_rule(name, m, shape, rf, jump):
 
 
 SHAPE_RULES[ShortcutA] = _shortcut_a_rule  # `cnnkit shapes` computes its row like any pool's
-
-
-class BasicBlock(nn.Module):
-    """conv3×3-BN-ReLU-conv3×3-BN, plus the shortcut, then ReLU (the paper's Fig. 2)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu2 = nn.ReLU(inplace=True)
-        # None: the identity. Only the first block of stages 2 and 3 changes the shape.
-        change = stride != 1 or in_channels != out_channels
-        self.shortcut = ShortcutA(in_channels, out_channels, stride) if change else None
-
-    def forward(self, x):  # (B, C_in, H, W)
-        out = self.conv1(x)  # (B, C_out, H/s, W/s)
-        out = self.bn1(out)
-        out = self.relu1(out)
-        out = self.conv2(out)  # (B, C_out, H/s, W/s)
-        out = self.bn2(out)
-        shortcut = x if self.shortcut is None else self.shortcut(x)  # (B, C_out, H/s, W/s)
-        out = out + shortcut
-        return self.relu2(out)
 
 
 class ResNetCifar(nn.Module):
@@ -96,7 +71,7 @@ class ResNetCifar(nn.Module):
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, n: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(BasicBlock(in_channels, out_channels, stride),
+        return nn.Sequential(BasicBlock(in_channels, out_channels, stride, shortcut=ShortcutA),
                              *(BasicBlock(out_channels, out_channels) for _ in range(n - 1)))
 
     def forward(self, x):  # (B, C, 32, 32)
