@@ -272,14 +272,13 @@ def test_sweep_tune_and_two_processes_on_a_module_path(zoo, monkeypatch):
         train: {{epochs: 1, batch_size: 16, eval_batch_size: 64, threads: 1}}
         output: {{dir: {zoo['base'] / 'experiments'}}}
         """))
-    swept = runner.invoke(app, ["sweep", "--config", str(config), "--grid", "optim.lr=0.003,0.001", "--seeds", "1",
-                                "--workers", "2", "--name", "sw"])
+    swept = runner.invoke(app, ["sweep", "--config", str(config), "--seeds", "1", "--workers", "1", "--name", "sw"])
     assert swept.exit_code == 0, swept.output
     summary = json.loads((zoo["base"] / "experiments" / "sw" / "summary.json").read_text())
-    assert [c["state"] for c in summary["cells"]] == ["complete", "complete"]
+    assert [c["state"] for c in summary["cells"]] == ["complete"]
     space = zoo["base"] / "space.yaml"
     space.write_text("optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
-    tuned = runner.invoke(app, ["tune", "--config", str(config), "--space", str(space), "--trials", "2",
+    tuned = runner.invoke(app, ["tune", "--config", str(config), "--space", str(space), "--trials", "1",
                                 "--pruner", "none", "--workers", "1", "--study", "tz"])
     assert tuned.exit_code == 0, tuned.output
     two = subprocess.run([sys.executable, "-m", "cnnkit", "train", "--nproc", "2", "--config", str(config),
@@ -291,8 +290,8 @@ def test_sweep_tune_and_two_processes_on_a_module_path(zoo, monkeypatch):
 
 
 def test_torchvision_resnet18_with_the_cifar_stem_trains(zoo, tmp_path):
-    result = runner.invoke(app, _train_args(zoo, "torchvision:resnet18", "tv", "train.epochs=1", "data.subset=40",
-                                            "data.val_split=8", "model.cifar_stem=true"))
+    result = runner.invoke(app, _train_args(zoo, "torchvision:resnet18", "tv", "train.epochs=1", "data.subset=20",
+                                            "data.val_split=4", "model.cifar_stem=true", "train.eval_batch_size=20"))
     assert result.exit_code == 0, result.output
     assert "torchvision:resnet18 (11,173,962 params)" in result.output  # 10 classes; the 3×3 stem (7×7: 11,181,642)
     model = build_model("torchvision:resnet18", cifar_stem=True)
