@@ -92,6 +92,16 @@ class FlatNet(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class MLP(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(3 * 32 * 32, 16)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
 def Listed():
     return [ZooNet()]
 
@@ -508,3 +518,18 @@ def test_a_relative_file_path_is_saved_absolute(zoo, monkeypatch, tmp_path):
         run_name="rel")
     saved = load_checkpoint(result.run_dir / "best.pt")["config"]["model"]["name"]
     assert saved == f"{zoo['file']}:ZooNet10" and Path(saved.rpartition(":")[0]).is_absolute()
+
+
+def test_look_on_a_model_without_maps_says_what_it_cannot_draw(zoo, monkeypatch):
+    monkeypatch.chdir(zoo["folder"])
+    trained = runner.invoke(app, _train_args(zoo, "zoo_nets:MLP", "mlp", "train.epochs=1"))
+    assert trained.exit_code == 0, trained.output
+    picture = zoo["data"] / "test" / "cat" / "0000.png"
+    looked = runner.invoke(app, ["look", "--checkpoint", str(zoo["base"] / "runs" / "mlp" / "best.pt"), str(picture),
+                                 "--out", str(zoo["base"] / "look-mlp")])
+    assert looked.exit_code == 0, looked.output
+    lines = looked.output.splitlines()
+    assert lines[1].startswith(f"{picture}: ") and "%" in lines[1]  # its top classes all the same
+    assert "note: gradcam.png: not drawn: zoo_nets:MLP has no layer whose output is maps" in looked.output
+    assert "note: filters.png: not drawn: zoo_nets:MLP has no conv layer" in looked.output
+    assert sorted(p.name for p in (zoo["base"] / "look-mlp").iterdir()) == ["activations.png"]

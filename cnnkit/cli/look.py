@@ -52,3 +52,5 @@ def look_cmd(
         print(f"learned kernel: {report.kernel}  (target [[1, -1]])")
     for path in report.written:
         print(f"wrote {path}")
+    for note in report.notes:
+        print(f"note: {note}")

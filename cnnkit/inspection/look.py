@@ -77,6 +77,7 @@ class LookReport:
     cam_layer: str | None = None
     cam_size: tuple[int, int] | None = None
     kernel: list[list[float]] | None = None  # edge toy: the learned kernel
+    notes: list[str] = field(default_factory=list)  # what was not drawn, and why (one line each)
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +89,7 @@ class LookReport:
             "kernel": self.kernel,
             "images": [p.to_dict() for p in self.pictures],
             "written": [str(p) for p in self.written],
+            "notes": list(self.notes),
         }
 
 
@@ -270,7 +272,16 @@ def _look_classifier(loaded: LoadedModel, paths: list[Path], out: Path, class_na
                         looks, [])
     report.written += _activations(loaded, table, record, pictures, looks, out)
     report.written += _filters(loaded, record, out)
-    if layer is None:  # a model with no conv layer has no maps to explain
+    if first_conv(record) is None:
+        report.notes.append(f"filters.png: not drawn: {classifier.name} has no conv layer, so no filters to show")
+    if layer is None:  # a model with no conv layer has no maps to explain: its top classes, and why no Grad-CAM
+        with torch.no_grad():
+            probs = model(inputs).float().softmax(dim=1)  # (N, K)
+        values, indices = probs.topk(min(TOP, len(classes)), dim=1)
+        for i, entry in enumerate(looks):
+            entry.top = [(classes[j], v) for j, v in zip(indices[i].tolist(), values[i].tolist(), strict=True)]
+        report.notes.append(f"gradcam.png: not drawn: {classifier.name} has no layer whose output is maps "
+                            "(C×H×W), so there is nothing for Grad-CAM to place on the picture")
         return report
     row = next(r for r in table.layers if r.name == layer)
     # A module run twice has rows "name" and "name#2"; the module itself is "name".
