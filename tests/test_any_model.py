@@ -411,8 +411,8 @@ def test_a_checkpoint_naming_untrusted_code_is_refused_before_any_import(zoo, zo
             "look": ["look", "--checkpoint", str(planted), picture], "export": ["export", "--checkpoint", str(planted)],
             "resume": ["train", "--resume", str(planted)]}[command]
     modules = set(sys.modules)
-    _refused(args, f"its model.name {name if ':' in name else name} would import and run", "--trust-code",
-             "nothing was imported")
+    line = _refused(args, f"its model.name {name} would import and run", "--trust-code", "nothing was imported")
+    assert line.startswith(f"error: {planted}: "), line  # the line names the file that asked
     assert not marker.exists()
     assert not {m for m in set(sys.modules) - modules if "sentinel" in m}
     assert not (tmp_path / "config" / trust_list.TRUST_FILE).exists()  # refusing trusts nothing
