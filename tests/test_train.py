@@ -434,10 +434,28 @@ def test_micro_batch_must_be_positive():
         load_config(None, ["train.micro_batch=0"])
 
 
-def test_a_warm_up_is_undone_and_timed_apart(tmp_path, tiny_image_root):
+class _DropoutNet(torch.nn.Module):
+    """Dropout draws from torch's global generator in every training step: a warm-up that did not
+    put the random state back would change every mask after it."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 4, 3, stride=2)  # (B, 4, 15, 15)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(4 * 15 * 15, num_classes)
+
+    def forward(self, x):  # (B, C, 32, 32)
+        return self.fc(self.drop(torch.relu(self.conv(x)).flatten(1)))  # (B, num_classes)
+
+
+def test_a_warm_up_is_undone_and_timed_apart(tmp_path, tiny_image_root, monkeypatch):
     # The warm-up's steps move the weights, the average, the optimiser's moments, the schedule and
-    # the random state; all of it is put back, so the run equals the run without one, bit for bit.
-    extra = ("data.augment=true", "train.ema_decay=0.9", "schedule.name=onecycle", "optim.name=adamw")
+    # the random state (dropout); all of it is put back, so the run equals the run without one, bit for bit.
+    from cnnkit.models import MODELS, ModelEntry
+
+    monkeypatch.setitem(MODELS, "dropnet", ModelEntry(_DropoutNet, "classify", "a test model with dropout"))
+    extra = ("data.augment=true", "train.ema_decay=0.9", "schedule.name=onecycle", "optim.name=adamw",
+             "model.name=dropnet")
     cold = fit(tiny_config(tmp_path, tiny_image_root, *extra, "train.warmup_steps=0", epochs=2), run_name="cold")
     events = []
     warm = fit(tiny_config(tmp_path, tiny_image_root, *extra, "train.warmup_steps=3", epochs=2), run_name="warm",
