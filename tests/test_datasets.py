@@ -664,3 +664,22 @@ def test_registry_entries_say_what_they_are() -> None:
     for name, entry in DATASETS.items():
         assert entry.description, name
         assert entry.num_classes is None or entry.num_classes >= 1
+
+
+def test_a_picture_is_turned_upright_by_its_exif_orientation(tmp_path):
+    # A phone photo stored sideways with EXIF Orientation 6 ("rotate 90° clockwise to view") reaches the
+    # model upright: the same pixels as the picture saved already turned, with no tag.
+    from PIL import Image
+
+    from cnnkit.data.pictures import fit_picture
+
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # (H, W, 3): wider than tall
+    pixels[:, :10] = (255, 0, 0)  # a red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(pixels).save(tmp_path / "sideways.png", exif=exif)
+    Image.fromarray(np.ascontiguousarray(np.rot90(pixels, k=-1))).save(tmp_path / "upright.png")
+    with Image.open(tmp_path / "sideways.png") as a, Image.open(tmp_path / "upright.png") as b:
+        turned, upright = fit_picture(a, 32, 32), fit_picture(b, 32, 32)
+    assert np.array_equal(turned, upright)
+    assert turned[0, :, 0].mean() > 200 and turned[-1, :, 0].mean() < 50  # the band is now at the top
