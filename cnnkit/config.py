@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -212,6 +212,10 @@ class ScheduleConfig(Section):
         return _check_registry_name(name, SCHEDULES, "schedule")
 
 
+# torch.compile's modes, for train.compile.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class TrainConfig(Section):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=256, ge=1)
@@ -233,8 +237,15 @@ class TrainConfig(Section):
     # auto: bf16 where the device computes it natively (a GPU of compute capability 8.0+, a CPU with
     # AVX512-BF16 or AMX), else fp32; the run's saved config records what it resolved to.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    compile: bool = False
+    # torch.compile the model: true (torch's default mode) or a mode by name. max-autotune times kernel
+    # choices (minutes on a GPU, before the clock: train.warmup_steps); reduce-overhead replays CUDA graphs.
+    compile: Union[bool, Literal[COMPILE_MODES]] = False
     channels_last: bool = False
+    # When the training images are cropped, flipped and normalised (cnnkit.training.inputs): step, each
+    # step for its batch; epoch, once an epoch for the whole split, kept on the device in the compute
+    # dtype (a step is then one gather). The same numbers either way. auto: epoch on a GPU where the
+    # split fits in a quarter of the free memory, else step.
+    prepare: Literal["auto", "step", "epoch"] = "auto"
     # None = all cores.
     threads: Optional[int] = Field(default=None, ge=1)
     # Also measure test accuracy after every epoch (reported only, never used to pick best.pt).
@@ -262,6 +273,13 @@ class TrainConfig(Section):
     # Also write each epoch's scalars and, at the end, the hparams with the final metrics as TensorBoard
     # events into the run folder (cnnkit.training.tensorboard; needs the tensorboard package).
     tensorboard: bool = False
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_setting(cls, value):
+        if isinstance(value, bool) or value in COMPILE_MODES:
+            return value
+        raise ValueError(f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})")
 
     @field_validator("device")
     @classmethod

@@ -45,6 +45,15 @@ class Runtime:
         return f"device {where}, precision {self.precision}{chosen}{extras}"
 
 
+def format_bytes(n: float) -> str:
+    """A memory size as people read it: 512 B, 5.9 MiB, 1.2 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def resolve_device(spec: str) -> torch.device:
     """auto → CUDA when available, else CPU. Asking for CUDA on a machine without it is an error."""
     if spec == "auto":

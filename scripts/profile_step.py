@@ -6,7 +6,8 @@ It builds the config's model, optimisers, schedule and EMA exactly as `cnnkit tr
 random uint8 images (the timings do not depend on the pixels), and prints milliseconds per step
 for: the bare step (forward, loss, backward, optimiser on one ready batch), each piece the trainer
 adds around it (batch gather and augmentation, normalisation and layout, the device-side loss and
-hit sums, the schedule step, the EMA update), and a whole `train_one_epoch` over the same images.
+hit sums, the schedule step, the EMA update), and a whole `train_one_epoch` over the same images with
+each input pipeline (train.prepare=step and =epoch).
 The whole epoch's ms/step is printed beside the bare step plus the pieces, so a cost nobody
 accounted for shows up. The efficiency comes from rounds that interleave an epoch's worth of bare
 steps on one ready batch, as many bare steps each on a new gathered and normalised batch, and a
@@ -62,6 +63,7 @@ def main() -> None:
     from cnnkit.data import Split, augment_batch, channel_tensors
     from cnnkit.device import setup_runtime
     from cnnkit.tasks import task_for
+    from cnnkit.training.inputs import PREPARES, choose_prepare
     from cnnkit.training.loop import train_one_epoch
     from cnnkit.training.state import build_state
 
@@ -141,21 +143,33 @@ def main() -> None:
             bare_step(task.inputs(images.index_select(0, batch_idx), mean_t, std_t, runtime.memory_format),
                       labels.index_select(0, batch_idx))
 
-    def epoch_round(epoch: int) -> None:
-        train_one_epoch(model, optimizer, scheduler, split, task=task, runtime=runtime, config=config,
-                        epoch=epoch, mean=mean, std=std, scaler=state.scaler, ema=ema)
+    # Both input pipelines (train.prepare), each a whole train_one_epoch: step makes each batch from the
+    # uint8 images; epoch prepares the whole split when the epoch starts, then a step is one gather.
+    pipelines = {name: make(split, task, runtime, mean, std) for name, make in PREPARES.items()}
+    chosen, _ = choose_prepare(config.train.prepare, runtime, split)
+
+    def epoch_round(name: str):
+        def run_round(epoch: int) -> None:
+            train_one_epoch(model, optimizer, scheduler, pipelines[name], task=task, runtime=runtime, config=config,
+                            epoch=epoch, scaler=state.scaler, ema=ema)
+        return run_round
 
     rounds = {"bare (one ready batch)": bare_round, "bare, a new batch each step": fresh_round,
-              "train_one_epoch": epoch_round}
+              **{f"train_one_epoch, prepare={name}": epoch_round(name) for name in pipelines}}
     per_step = interleaved(rounds, steps, args.rounds, device)
     print(f"interleaved, {args.rounds} rounds of {steps} steps (median, range in ms/step):")
     for name, values in per_step.items():
         print(f"  {name:<46} {statistics.median(values):8.3f}   {min(values):.2f}–{max(values):.2f}")
         if args.verbose:
             print("    by round: " + " ".join(f"{v:.2f}" for v in values))
-    bare, fresh, whole = (statistics.median(v) for v in per_step.values())
-    print(f"bare + pieces {sum(ms.values()):.3f} ms/step; efficiency (median bare / median epoch) {bare / whole:.2f}, "
-          f"against the new-batch bare step {fresh / whole:.2f}")
+    medians = {name: statistics.median(v) for name, v in per_step.items()}
+    bare, fresh = medians["bare (one ready batch)"], medians["bare, a new batch each step"]
+    print(f"bare + pieces {sum(ms.values()):.3f} ms/step")
+    for name in pipelines:
+        whole = medians[f"train_one_epoch, prepare={name}"]
+        mark = " (the config's choice)" if name == chosen else ""
+        print(f"prepare={name}{mark}: efficiency (median bare / median epoch) {bare / whole:.2f}, "
+              f"against the new-batch bare step {fresh / whole:.2f}")
 
 
 def interleaved(rounds: dict, steps: int, n_rounds: int, device: torch.device) -> dict[str, list[float]]:

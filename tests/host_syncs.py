@@ -201,13 +201,15 @@ def _phased(audit: HostSyncAudit, name: str, fn):
 
 
 def audited_fit(config, monkeypatch, device: str, scaler=None) -> HostSyncAudit:
-    """`fit(config)` under a HostSyncAudit whose phases are the loop's: "step" (one training step,
-    _train_step), "window" (a sync point, _check_window), "weights" (the epoch's finiteness check),
+    """`fit(config)` under a HostSyncAudit whose phases are the loop's: "step" (one training step:
+    the input pipeline's batch and _train_step), "epoch start" (the pipeline's epoch preparation),
+    "window" (a sync point, _check_window), "weights" (the epoch's finiteness check),
     "eval batch" (a forward and a meter update in `evaluate`). `scaler` replaces the run's grad
     scaler (fp16's path on the CPU: torch.amp.GradScaler("cpu"))."""
     from cnnkit.evaluation import evaluate as evaluate_mod
     from cnnkit.evaluation import metrics
     from cnnkit.training import fit as fit_mod
+    from cnnkit.training import inputs as inputs_mod
     from cnnkit.training import loop
 
     audit = HostSyncAudit(device)
@@ -222,6 +224,9 @@ def audited_fit(config, monkeypatch, device: str, scaler=None) -> HostSyncAudit:
 
     monkeypatch.setattr(fit_mod, "build_state", build_state)
     monkeypatch.setattr(loop, "_train_step", _phased(audit, "step", loop._train_step))
+    for pipeline in inputs_mod.PREPARES.values():  # a step's batch is made by the input pipeline
+        monkeypatch.setattr(pipeline, "batch", _phased(audit, "step", pipeline.batch))
+        monkeypatch.setattr(pipeline, "start_epoch", _phased(audit, "epoch start", pipeline.start_epoch))
     monkeypatch.setattr(loop, "_check_window", _phased(audit, "window", loop._check_window))
     monkeypatch.setattr(fit_mod, "weights_finite", _phased(audit, "weights", fit_mod.weights_finite))
     monkeypatch.setattr(evaluate_mod, "_forward", _phased(audit, "eval batch", evaluate_mod._forward))

@@ -281,22 +281,43 @@ def test_compile_trains_on_cuda(tmp_path, tiny_image_root):
     assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved as the plain model
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_epoch_prepared_inputs_train_the_same_weights_on_cuda(tmp_path, tiny_image_root, precision):
+    # train.prepare=epoch (auto's choice on a GPU): the whole split cropped, flipped and normalised on
+    # the device once an epoch, stored in the compute dtype, channels_last; the same weights as each
+    # step making its own batch (deterministic kernels, so only the inputs could differ).
+    _skip_without_bf16(precision)
+    extra = ["train.deterministic=true", "data.pad_mode=reflect", "data.crop_padding=2", "data.brightness=0.1"]
+    events = []
+    epoch = fit(_lenet(tmp_path, tiny_image_root, precision, "train.prepare=auto", *extra, epochs=2),
+                run_name="epoch", report=events.append)
+    assert "inputs prepared once an epoch (auto: on a GPU)" in events[0]["runtime"]
+    step = fit(_lenet(tmp_path, tiny_image_root, precision, "train.prepare=step", *extra, epochs=2), run_name="step")
+    a, b = (load_checkpoint(r.run_dir / "last.pt")["model"] for r in (epoch, step))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 # ---------------------------------------------------------------------------------------- host syncs
 
 
-@pytest.mark.parametrize("config", ["fast", "lenet", "edge"])
+@pytest.mark.parametrize("config", ["fast", "fast+prepare=step", "lenet", "edge"])
 def test_the_step_loop_never_waits_for_the_gpu(tmp_path, tiny_image_root, monkeypatch, config):
     # The audit of tests/test_sync_audit.py on real CUDA tensors: reads and uploads of device memory.
+    # fast and lenet prepare their inputs once an epoch (auto on a GPU); fast+prepare=step per step.
     if config == "edge":
         cfg = load_config("configs/edge.yaml", ["train.epochs=2", "train.device=cuda", f"output.dir={tmp_path}"])
         steps, windows = 2, 2  # one picture, one step an epoch
     else:
         precision = "bf16" if bf16_supported(torch.device("cuda")) else "fp32"
-        make = _fast if config == "fast" else _lenet
-        cfg = make(tmp_path, tiny_image_root, precision, "train.batch_size=32", "train.sync_every=2", epochs=1)
+        make = _lenet if config == "lenet" else _fast
+        prepare = "train.prepare=step" if config.endswith("step") else "train.prepare=auto"
+        cfg = make(tmp_path, tiny_image_root, precision, "train.batch_size=32", "train.sync_every=2", prepare,
+                   epochs=1)
         steps, windows = STEPS, math.ceil(STEPS / 2)
     audit = audited_fit(cfg, monkeypatch, "cuda")
     assert audit.count("step") == 0 and audit.count("eval batch") == 0, audit.summary()
+    assert audit.count("epoch start") <= cfg.train.epochs, audit.summary()  # the alternating flips' one upload
     assert [what for phase, what in audit.events if phase == "window"] == ["Tensor.tolist"] * windows, audit.summary()
     assert audit.count("weights") == cfg.train.epochs, audit.summary()
     assert steps > 0

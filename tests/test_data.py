@@ -774,13 +774,13 @@ def _jitter_config(**data):
 
 def test_jitter_shifts_then_scales_each_image_by_its_own_draw_for_the_whole_epoch() -> None:
     from cnnkit.tasks import TASKS
-    from cnnkit.training.loop import _augmenter
+    from cnnkit.training.inputs import draw_epoch
 
     n, b, c = 40, 0.14, 0.13
-    augment = _augmenter(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 0, n, torch.device("cpu"))
+    draws = draw_epoch(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 0, n, torch.device("cpu"))
     inputs = torch.randn(n, 3, 8, 8)  # (n, C, H, W) normalised
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    out = augment.colour(inputs[idx], idx)  # (n, C, H, W)
+    out = draws.colour(inputs[idx], idx)  # (n, C, H, W)
     # out = (x + shift) · scale per image: recover both from two pixels and check they are constants.
     x, y = inputs[idx], out
     scale = (y[:, 0, 0, 1] - y[:, 0, 0, 0]) / (x[:, 0, 0, 1] - x[:, 0, 0, 0])  # (n,)
@@ -789,27 +789,34 @@ def test_jitter_shifts_then_scales_each_image_by_its_own_draw_for_the_whole_epoc
     assert shift.abs().max() <= b + 1e-4 and (scale - 1).abs().max() <= c + 1e-4
     assert shift.std() > b / 4 and (scale - 1).std() > c / 4  # a draw per image, not one for the batch
     # The same image gets the same draw wherever it sits in the epoch's batches ...
-    again = augment.colour(inputs[:5], torch.arange(5))
+    again = draws.colour(inputs[:5], torch.arange(5))
     torch.testing.assert_close(again, out[torch.argsort(idx)][:5])
     # ... and a new one the next epoch.
-    next_epoch = _augmenter(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 1, n, torch.device("cpu"))
+    next_epoch = draw_epoch(_jitter_config(brightness=b, contrast=c), TASKS["classify"], 1, n, torch.device("cpu"))
     assert not torch.allclose(next_epoch.colour(inputs[:5], torch.arange(5)), again)
 
 
-def test_jitter_off_draws_nothing_so_earlier_runs_keep_their_crops() -> None:
+def test_jitter_draws_after_the_crops_so_turning_it_on_keeps_them() -> None:
     from cnnkit.tasks import TASKS
-    from cnnkit.training.loop import _augmenter
+    from cnnkit.training.inputs import draw_epoch
 
     images = random_images(b=16)
     idx = torch.arange(16)
-    off = _augmenter(_jitter_config(), TASKS["classify"], 3, 16, torch.device("cpu"))
-    assert off.colour(images, idx) is images
-    # The crops are those of a generator seeded (seed, epoch), untouched by the jitter's draws.
-    expected = augment_batch(images, crop_padding=2, hflip=True, pad_mode="reflect",
-                             generator=torch.Generator().manual_seed(0 * 1_000_003 + 3))
+    off = draw_epoch(_jitter_config(), TASKS["classify"], 3, 16, torch.device("cpu"))
+    assert off.shift is None and off.colour(images, idx) is images
+    # The crops and flips are those of a generator seeded (seed, epoch), one per image in order.
+    g = torch.Generator().manual_seed(0 * 1_000_003 + 3)
+    dy, dx = torch.randint(0, 5, (16,), generator=g), torch.randint(0, 5, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    expected = augment_batch(images, crop_padding=2, hflip=True, pad_mode="reflect", flip=flip, offsets=(dy, dx))
     assert torch.equal(off.pixels(images, idx), expected)
-    on = _augmenter(_jitter_config(brightness=0.1), TASKS["classify"], 3, 16, torch.device("cpu"))
-    assert not torch.equal(on.pixels(images, idx), expected)  # the jitter draws first when it is on
+    on = draw_epoch(_jitter_config(brightness=0.1), TASKS["classify"], 3, 16, torch.device("cpu"))
+    assert torch.equal(on.pixels(images, idx), expected)  # the jitter draws last: the same crops
+    assert not torch.equal(on.colour(images.float(), idx), images.float())
+    # Per image: image i gets its crop wherever it sits in a batch, alone or with others.
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(off.pixels(images[order], order), expected[order])
+    assert torch.equal(off.pixels(images[5:6], idx[5:6]), expected[5:6])
 
 
 @pytest.mark.parametrize(("setting", "words"), [("data.contrast=1", "data.contrast"),

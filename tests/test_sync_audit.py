@@ -63,10 +63,17 @@ def _fast_jitter(tmp_path, root, *extra):
     return _fast(tmp_path, root, "data.brightness=0.14", "data.contrast=0.14", *extra)
 
 
+def _fast_epoch_prepared(tmp_path, root, *extra):
+    # The whole split cropped, flipped, jittered and normalised once an epoch, in channels_last bf16.
+    return _fast_jitter(tmp_path, root, "train.prepare=epoch", "train.epochs=2", *extra)
+
+
 @pytest.mark.parametrize("make, epochs, windows",
-                         [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_lenet, 1, WINDOWS),
-                          (_lenet_micro, 1, WINDOWS), (_import_path, 1, WINDOWS), (_edge, 2, 2)],
-                         ids=["fast", "fast+jitter", "lenet", "lenet+micro_batch", "file.py:Net", "edge"])
+                         [(_fast, 1, WINDOWS), (_fast_jitter, 1, WINDOWS), (_fast_epoch_prepared, 2, 2 * WINDOWS),
+                          (_lenet, 1, WINDOWS), (_lenet_micro, 1, WINDOWS), (_import_path, 1, WINDOWS),
+                          (_edge, 2, 2)],
+                         ids=["fast", "fast+jitter", "fast+prepare=epoch", "lenet", "lenet+micro_batch", "file.py:Net",
+                              "edge"])
 def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_image_root, monkeypatch, make,
                                                                 epochs, windows):
     # fast: Muon + 3 SGD groups, bf16 autocast, reflect crops, alternating flips, TTA at the end;
@@ -75,6 +82,8 @@ def test_training_steps_and_evaluation_never_wait_on_the_device(tmp_path, tiny_i
     audit = audited_fit(make(tmp_path, tiny_image_root), monkeypatch, "cpu")
     events = audit.summary()
     assert audit.count("step") == 0, events
+    # An epoch's draws and preparation: the alternating flips' half, made once on the host, is the one upload.
+    assert audit.count("epoch start") <= epochs, events
     assert audit.count("eval batch") == 0, events
     # Exactly one read per sync point (flags and the loss in one transfer), one per epoch for the weights.
     assert [what for phase, what in audit.events if phase == "window"] == ["Tensor.tolist"] * windows, events

@@ -488,3 +488,17 @@ def test_the_train_command_prints_both_clocks(tmp_path, tiny_image_root):
     last = result.output.strip().splitlines()[-1]
     assert last.startswith(f"run folder: {tmp_path / 'clocks'}  (training ") and "warm-up" in last
     assert "launch → report" in last
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    from cnnkit.device import setup_runtime
+    from cnnkit.training.state import build_state
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    for setting in ("true", "false", "max-autotune", "reduce-overhead", "default"):
+        build_state(load_config(None, ["model.name=lenet", f"train.compile={setting}"]),
+                    setup_runtime("cpu", threads=1), 10, 100)
+    assert seen == [None, "max-autotune", "reduce-overhead", "default"]  # true: torch's default mode
+    with pytest.raises(ConfigError, match=r"train.compile: must be true, false or a torch.compile mode \(default, "):
+        load_config(None, ["model.name=lenet", "train.compile=fastest"])

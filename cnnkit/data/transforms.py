@@ -48,8 +48,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment_batch(
-    images: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator,
+    images: torch.Tensor, *, crop_padding: int, hflip: bool, generator: torch.Generator | None = None,
     pad_mode: str = "zeros", flip: torch.Tensor | None = None,
+    offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Random translation by up to `crop_padding` pixels and horizontal flips, each image its own draw.
 
@@ -57,7 +58,10 @@ def augment_batch(
     offsets first, then flips; on the CPU a seeded generator gives the same images on every run.
     pad_mode "zeros" fills what the translation uncovers with black (the classic padded crop);
     "reflect" mirrors the picture there. `flip` (B,) bool, when given, says which images to mirror
-    (the alternating scheme); otherwise each flips with p = 0.5. One gather makes the whole batch.
+    (the alternating scheme); otherwise each flips with p = 0.5. `offsets` (dy (B,), dx (B,)), each
+    in 0..2·crop_padding, when given, are the crop windows' top-left corners in the padded images
+    (the training loop draws them once an epoch, per image: cnnkit.training.inputs). One gather makes
+    the whole batch.
     """
     if crop_padding <= 0 and not hflip:
         return images
@@ -72,8 +76,11 @@ def augment_batch(
         if flip is None:
             flip = torch.rand(B, generator=generator, device=device) < 0.5  # (B,)
         return torch.where(flip[:, None, None, None], images.flip(3), images)  # (B, C, H, W)
-    dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) top of the crop window
-    dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) left of the crop window
+    if offsets is None:
+        dy = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) top of the crop window
+        dx = torch.randint(0, 2 * p + 1, (B,), generator=generator, device=device)  # (B,) left of the crop window
+    else:
+        dy, dx = offsets  # (B,), (B,)
     rows = dy[:, None] + torch.arange(H, device=device)  # (B, H) rows of the padded image to read
     cols = dx[:, None] + torch.arange(W, device=device)  # (B, W)
     if hflip:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from cnnkit.device import format_bytes
 from cnnkit.shapes import ShapeReport
 
 
@@ -15,14 +16,6 @@ def _fmt_pair(pair) -> str:
     if pair is None:
         return ""
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _formula_cell(formulas: list[str]) -> str:
@@ -87,5 +80,5 @@ def shapes_table(report: ShapeReport, title: str) -> tuple[Table, str]:
                       f"{row.macs:,}")
     totals = (f"input {_fmt_shape(report.input)} → output {_fmt_shape(report.output)}   "
               f"params {report.params:,}   MACs {report.macs:,}   "
-              f"activations {_fmt_bytes(report.activation_bytes)} per image (float32)")
+              f"activations {format_bytes(report.activation_bytes)} per image (float32)")
     return table, totals

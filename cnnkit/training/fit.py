@@ -36,6 +36,7 @@ from cnnkit.reports.curves import write_curves
 from cnnkit.tasks import Task, task_for
 from cnnkit.training import distributed
 from cnnkit.training.checkpoint import load_checkpoint, load_model_state, require_trusted, save_checkpoint
+from cnnkit.training.inputs import EpochInputs, TrainInputs, train_inputs
 from cnnkit.training.loop import Report, StopFlag, StopRequested, kept, train_one_epoch
 from cnnkit.training.run_folder import choose_run_dir, record_final, write_metrics
 from cnnkit.training.state import TrainState, build_state
@@ -125,11 +126,12 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     if config.train.tensorboard and run.is_main:
         report = run.report = TensorBoardReport(run.run_dir, config, state.optimizer, report)
     train, val, test = (to_device(s, runtime.device) for s in (prepared.train, prepared.val, prepared.test))
-    report(_start_event(run, state))
-    warmup_s = _warm_up(run, state, train)
+    inputs, prepare_note = train_inputs(config, task, runtime, train, prepared.mean, prepared.std)
+    report(_start_event(run, state, inputs, prepare_note))
+    warmup_s = _warm_up(run, state, inputs)
     with stop_on_signals() as stop:
         for epoch in range(state.start_epoch, config.train.epochs):
-            _run_epoch(run, state, epoch, train, val, test, stop)
+            _run_epoch(run, state, epoch, inputs, val, test, stop)
     test_result = _final_test(run, state, test)
     result = FitResult(run.run_dir, state.history, state.best["epoch"], test_result,
                        prepared.classes, task, task.learned_kernel(state.model), {"wall_s": time.time() - wall_start},
@@ -151,13 +153,12 @@ def fit(config: Config, *, data_root: str | None = None, run_name: str | None = 
     return result
 
 
-def _warm_up(run: Run, state: TrainState, train: Split) -> float:
+def _warm_up(run: Run, state: TrainState, inputs: TrainInputs) -> float:
     """Compile and autotune before the clock (cnnkit.training.warmup); the seconds it took, 0 when none."""
     steps = warmup_steps(run.config, run.runtime)
     if steps == 0 or state.start_epoch >= run.config.train.epochs:
         return 0.0
-    seconds = warm_up(state, train, steps, config=run.config, task=run.task, runtime=run.runtime,
-                      mean=run.prepared.mean, std=run.prepared.std)
+    seconds = warm_up(state, inputs, steps, config=run.config, task=run.task, runtime=run.runtime)
     run.report({"kind": "warmup", "steps": steps, "seconds": seconds})
     return seconds
 
@@ -213,9 +214,12 @@ def _init_images(config: Config, task: Task, prepared: Prepared) -> torch.Tensor
     return task.inputs(images, prepared.mean, prepared.std)
 
 
-def _start_event(run: Run, state: TrainState) -> dict:
+def _start_event(run: Run, state: TrainState, inputs: TrainInputs, prepare_note: str) -> dict:
     p = run.prepared
-    return {"kind": "start", "run_dir": str(run.run_dir), "runtime": run.runtime.describe(), "source": p.source,
+    runtime = run.runtime.describe()
+    if isinstance(inputs, EpochInputs):
+        runtime += f", inputs prepared once an epoch{f' ({prepare_note})' if prepare_note else ''}"
+    return {"kind": "start", "run_dir": str(run.run_dir), "runtime": runtime, "source": p.source,
             "model": run.config.model.name, "params": sum(t.numel() for t in state.model.parameters()),
             "train_n": len(p.train), "val_n": len(p.val) if p.val is not None else 0,
             "test_n": len(p.test) if p.test is not None else 0, "epochs": run.config.train.epochs,
@@ -228,14 +232,14 @@ def _start_event(run: Run, state: TrainState) -> dict:
 # ---------------------------------------------------------------------------------------- one epoch
 
 
-def _run_epoch(run: Run, state: TrainState, epoch: int, train: Split, val: Split | None, test: Split | None,
-               stop: StopFlag) -> None:
+def _run_epoch(run: Run, state: TrainState, epoch: int, inputs: TrainInputs, val: Split | None,
+               test: Split | None, stop: StopFlag) -> None:
     """Train one epoch, measure it, select and save it, report it."""
     config, task = run.config, run.task
     try:
-        row = train_one_epoch(state.train_model, state.optimizer, state.scheduler, train, task=task,
-                              runtime=run.runtime, config=config, epoch=epoch, mean=run.prepared.mean,
-                              std=run.prepared.std, scaler=state.scaler, ema=state.ema, stop=stop, report=run.report)
+        row = train_one_epoch(state.train_model, state.optimizer, state.scheduler, inputs, task=task,
+                              runtime=run.runtime, config=config, epoch=epoch, scaler=state.scaler, ema=state.ema,
+                              stop=stop, report=run.report)
     except StopRequested:
         raise _interrupted(stop, epoch, run.run_dir) from None
     row = {"epoch": epoch + 1, **row, "lr": state.optimizer.param_groups[0]["lr"]}
@@ -355,8 +359,9 @@ def _interrupted(stop: StopFlag, epoch: int, run_dir: Path) -> Interrupted:
 # What a resumed run may change: how long it trains and where, never what it trains. The precision
 # is where too: an fp16 run (CUDA only) resumes on a CPU with --set train.precision=bf16 or fp32;
 # the weights and optimiser state are fp32 either way, and a grad scaler is kept only under fp16.
+# So are train.prepare (the same inputs either way) and train.compile (the same model, compiled).
 RESUME_OVERRIDABLE = ("train.epochs", "train.device", "train.precision", "train.threads", "train.eval_batch_size",
-                      "train.test_every_epoch")
+                      "train.test_every_epoch", "train.prepare", "train.compile")
 
 
 def resume_config(checkpoint: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, dict]:

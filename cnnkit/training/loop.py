@@ -1,8 +1,8 @@
-"""The epoch loop: one pass over the training split, a whole uint8 batch at a time (airbench style).
+"""The epoch loop: one pass over the training split, a whole batch at a time (airbench style).
 
-Every batch is an index into uint8 tensors already on the device, augmented and normalised as a
-whole batch. The order and the augmentation draws are functions of (seed, epoch) only, so a
-resumed run or another DDP rank makes the same ones. Nothing here prints: progress goes to a
+Every batch is an index into tensors already on the device (cnnkit.training.inputs makes the
+model's inputs from it). The order and the augmentation draws are functions of (seed, epoch) only,
+so a resumed run or another DDP rank makes the same ones. Nothing here prints: progress goes to a
 `report` function.
 """
 
@@ -18,20 +18,13 @@ import torch
 from torch import nn
 
 from cnnkit.config import Config
-from cnnkit.data import (
-    Split,
-    alternating_flips,
-    augment_batch,
-    channel_tensors,
-    epoch_permutation,
-    jitter_batch,
-    jitter_draws,
-)
+from cnnkit.data import epoch_permutation
 from cnnkit.device import Runtime
 from cnnkit.errors import TrainingError
 from cnnkit.tasks import Task
 from cnnkit.training import distributed
 from cnnkit.training.ema import WeightEMA
+from cnnkit.training.inputs import TrainInputs, draw_epoch
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -58,11 +51,14 @@ def global_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch
     return [order[i * batch_size: (i + 1) * batch_size] for i in range(steps)]
 
 
-def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, task: Task, runtime: Runtime,
-                    config: Config, epoch: int, mean: list[float], std: list[float], scaler=None,
-                    ema: WeightEMA | None = None, stop: StopFlag | None = None,
-                    report: Report | None = None) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, optimizer, scheduler, inputs: TrainInputs, *, task: Task, runtime: Runtime,
+                    config: Config, epoch: int, scaler=None, ema: WeightEMA | None = None,
+                    stop: StopFlag | None = None, report: Report | None = None) -> dict[str, float]:
     """One epoch; returns the row's train_loss (and the task's train metrics), epoch_s and images_per_s.
+
+    `inputs` (cnnkit.training.inputs) turns a batch of image numbers into the model's inputs; it gets
+    the epoch's augmentation draws first, and with train.prepare=epoch prepares the whole split then
+    (inside the epoch's clock).
 
     The step loop never waits for the device: losses and hits are summed on it, and the host reads
     one small tensor (finite losses? a stop? the loss to show) every `train.sync_every` steps, in
@@ -75,9 +71,7 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
         scheduler.freeze_finished()
     train_cfg = config.train
     device = runtime.device
-    order = torch.stack(global_batches(len(split), train_cfg.batch_size, train_cfg.seed, epoch)).to(device)  # (S, B)
-    augment = _augmenter(config, task, epoch, len(split), device)
-    mean_t, std_t = channel_tensors(mean, std, device)  # made once, not per step
+    order = torch.stack(global_batches(len(inputs), train_cfg.batch_size, train_cfg.seed, epoch)).to(device)  # (S, B)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss·images, hits, non-finite losses
     window_start, seen = 0, 0
     stop = stop if stop is not None else StopFlag()
@@ -85,13 +79,14 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     # sync points (_check_window), since a rank leaving alone strands the others in an all-reduce.
     solo = distributed.world_size() == 1
     start = _now(device)
+    inputs.start_epoch(draw_epoch(config, task, epoch, len(inputs), device))
     for step in range(len(order)):
         if solo and stop.signum is not None:
             raise StopRequested()
-        loss = _train_step(model, optimizer, scheduler, split, order[step], augment, sums, task=task,
-                           runtime=runtime, mean_t=mean_t, std_t=std_t, scaler=scaler, ema=ema,
-                           smoothing=train_cfg.label_smoothing, grad_clip=train_cfg.grad_clip,
-                           micro_batch=train_cfg.micro_batch)
+        batch, labels = inputs.batch(order[step])  # (b, C, H, W), (b,): this rank's share
+        loss = _train_step(model, optimizer, scheduler, batch, labels, sums, task=task, runtime=runtime,
+                           scaler=scaler, ema=ema, smoothing=train_cfg.label_smoothing,
+                           grad_clip=train_cfg.grad_clip, micro_batch=train_cfg.micro_batch)
         seen += order.shape[1] // distributed.world_size()  # this rank's share (distributed.shard)
         shown = None  # the loss the progress view shows, known only at a sync point
         if (step + 1 - window_start) >= train_cfg.sync_every or step + 1 == len(order):
@@ -104,22 +99,17 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, split: Split, *, tas
     return _epoch_totals(sums, seen, seconds, task)
 
 
-def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch.Tensor, augment, sums: torch.Tensor,
-                *, task: Task, runtime: Runtime, mean_t: torch.Tensor, std_t: torch.Tensor, scaler,
-                ema: WeightEMA | None, smoothing: float, grad_clip: float | None,
-                micro_batch: int | None = None) -> torch.Tensor:
-    """One step on the global batch `idx` (B,): this rank's share forward and backward, the update,
-    and the batch's loss, hits and non-finite count added into `sums` (3,). Returns the loss, on the
-    device; nothing here reads a value back to the host (save fp16's skip decision).
+def _train_step(model: nn.Module, optimizer, scheduler, inputs: torch.Tensor, labels: torch.Tensor,
+                sums: torch.Tensor, *, task: Task, runtime: Runtime, scaler, ema: WeightEMA | None,
+                smoothing: float, grad_clip: float | None, micro_batch: int | None = None) -> torch.Tensor:
+    """One step on this rank's share of a batch, inputs (b, C, H, W) and labels (b,): forward and
+    backward, the update, and the batch's loss, hits and non-finite count added into `sums` (3,).
+    Returns the loss, on the device; nothing here reads a value back to the host (save fp16's skip
+    decision).
 
     With `micro_batch` the share goes forward and backward in chunks of that many images, each
     chunk's loss weighted by its share of the batch, so the gradients add up to the whole batch's
     (BatchNorm then normalises each chunk by its own statistics: ghost batch norm)."""
-    # index_select, not split.images[idx]: the same rows, ~10x faster on the CPU for this gather.
-    images = augment.pixels(split.images.index_select(0, idx), idx)  # (B, C, H, W) uint8, the whole global batch
-    images, labels = distributed.shard(images), distributed.shard(split.labels.index_select(0, idx))
-    inputs = task.inputs(images, mean_t, std_t, runtime.memory_format)  # (b, C, H, W)
-    inputs = augment.colour(inputs, distributed.shard(idx))  # (b, C, H, W)
     targets = task.targets(inputs, labels)
     optimizer.zero_grad(set_to_none=True)
     b = labels.shape[0]
@@ -142,44 +132,6 @@ def _train_step(model: nn.Module, optimizer, scheduler, split: Split, idx: torch
     finite = torch.isfinite(loss)
     sums += torch.stack([torch.where(finite, loss, 0.0).double() * b, hits.double(), (~finite).double()])
     return loss
-
-
-@dataclass
-class Augmenter:
-    """One epoch's augmentation, its random draws made on the device when the epoch starts.
-
-    pixels: (uint8 global batch (B, C, H, W), its indices (B,)) → the translated / flipped batch;
-    colour: (normalised batch (b, C, H, W), its indices (b,)) → the brightness / contrast jittered one.
-    """
-
-    pixels: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    colour: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _unchanged(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return images
-
-
-def _augmenter(config: Config, task: Task, epoch: int, n: int, device: torch.device) -> Augmenter:
-    """This epoch's augmentation for the n training images.
-
-    Every rank augments the whole global batch with the same draws (a generator seeded by
-    (seed, epoch)) and then keeps its share: the result is the one a single process gets.
-    """
-    data_cfg = config.data
-    if not (data_cfg.augment and task.augments):
-        return Augmenter(_unchanged, _unchanged)
-    generator = torch.Generator(device=device).manual_seed(config.train.seed * 1_000_003 + epoch)
-    colour = _unchanged
-    if data_cfg.brightness or data_cfg.contrast:  # drawn first, and only when asked: runs without keep their draws
-        shift, scale = jitter_draws(n, data_cfg.brightness, data_cfg.contrast, generator, device)  # (n,), (n,)
-        colour = lambda inputs, idx: jitter_batch(inputs, shift[idx], scale[idx])  # noqa: E731
-    flips = (alternating_flips(n, config.train.seed, epoch, device)
-             if data_cfg.hflip and data_cfg.flip_mode == "alternate" else None)  # (n,) bool
-    pixels = lambda images, idx: augment_batch(images, crop_padding=data_cfg.crop_padding,  # noqa: E731
-                                               hflip=data_cfg.hflip, generator=generator,
-                                               pad_mode=data_cfg.pad_mode, flip=None if flips is None else flips[idx])
-    return Augmenter(pixels, colour)
 
 
 def _check_window(sums: torch.Tensor, loss: torch.Tensor, window: int, scaler, epoch: int, step: int,

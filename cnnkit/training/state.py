@@ -116,7 +116,8 @@ def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int
             load_model_state(state.ema.module, payload["model"], source)
     state.train_model = distributed.wrap(model, runtime)
     if train.compile:
-        state.train_model = torch.compile(state.train_model)
+        mode = None if train.compile is True else train.compile  # None: torch's default mode
+        state.train_model = torch.compile(state.train_model, mode=mode)
     return state
 
 

@@ -19,6 +19,7 @@ from cnnkit.config import Config
 from cnnkit.data import Split
 from cnnkit.device import Runtime
 from cnnkit.tasks import Task
+from cnnkit.training.inputs import TrainInputs
 from cnnkit.training.loop import train_one_epoch
 from cnnkit.training.state import TrainState
 
@@ -30,15 +31,18 @@ def warmup_steps(config: Config, runtime: Runtime) -> int:
     return 3 if config.train.compile or runtime.device.type == "cuda" else 0
 
 
-def warm_up(state: TrainState, train: Split, steps: int, *, config: Config, task: Task, runtime: Runtime,
-            mean: list[float], std: list[float]) -> float:
+def warm_up(state: TrainState, inputs: TrainInputs, steps: int, *, config: Config, task: Task,
+            runtime: Runtime) -> float:
     """Run `steps` training steps on the first images and restore the state; the seconds it took."""
     snapshot = _snapshot(state)
     start = time.perf_counter()
-    first = train if len(train) <= steps * config.train.batch_size else Split(
-        train.images[: steps * config.train.batch_size], train.labels[: steps * config.train.batch_size])
-    train_one_epoch(state.train_model, state.optimizer, state.scheduler, first, task=task, runtime=runtime,
-                    config=config, epoch=0, mean=mean, std=std, scaler=state.scaler, ema=state.ema)
+    # The run's own kind of pipeline over the first images only: an epoch pipeline then prepares
+    # those few, not the whole split.
+    train, n = inputs.split, steps * config.train.batch_size
+    first = train if len(train) <= n else Split(train.images[:n], train.labels[:n])
+    first_inputs = type(inputs)(first, task, runtime, inputs.mean, inputs.std)
+    train_one_epoch(state.train_model, state.optimizer, state.scheduler, first_inputs, task=task, runtime=runtime,
+                    config=config, epoch=0, scaler=state.scaler, ema=state.ema)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize(runtime.device)
     seconds = time.perf_counter() - start
