@@ -235,6 +235,43 @@ def test_init_from_starts_a_fresh_schedule_from_the_weights(tmp_path, tiny_image
             run_name="wrong")
 
 
+def test_init_from_other_classes_renews_the_head_and_keeps_the_rest(tmp_path, tiny_image_root):
+    """CIFAR-10 weights fine-tuned on a 3-class folder: the classifier's (10, D) weight and (10,) bias
+    start fresh at (3, D) and (3,), every other tensor is the checkpoint's, and the run says which."""
+    from conftest import make_image_folder
+
+    from cnnkit.device import setup_runtime
+    from cnnkit.training.state import build_state
+
+    source = fit(tiny_config(tmp_path, tiny_image_root, epochs=1), run_name="ten")
+    best = source.run_dir / "best.pt"
+    trained = load_checkpoint(best)["model"]
+    three = make_image_folder(tmp_path / "three", 12, 4, classes=["cat", "dog", "frog"])
+    config = tiny_config(tmp_path, three, "data.val_split=6", f"train.init_from={best}", epochs=1)
+    runtime = setup_runtime("cpu", threads=1)
+    state = build_state(config, runtime, 3, 30)
+    own = state.model.state_dict()
+    head = [k for k in own if own[k].shape != trained[k].shape]
+    assert len(head) == 2 and {own[k].shape[0] for k in head} == {3}  # the last layer's weight and bias
+    for key in own:
+        if key not in head:
+            assert torch.equal(own[key], trained[key]), key
+    torch.manual_seed(0)
+    fresh = build_state(tiny_config(tmp_path, three, "data.val_split=6", epochs=1), setup_runtime("cpu", threads=1),
+                        3, 30).model.state_dict()
+    for key in head:
+        assert torch.equal(own[key], fresh[key]), key  # this run's own initialisation, not zeros or a slice
+    assert runtime.warnings == [f"train.init_from: {', '.join(head)} start fresh (the checkpoint has 10 classes, "
+                                f"this run 3); every other tensor comes from {best}"]
+    events = []
+    tuned = fit(config, run_name="three", report=events.append)
+    assert tuned.classes == ["cat", "dog", "frog"] and runtime.warnings[0] in events[0]["warnings"]
+    # A model that differs by more than the class count is still refused, tensor by tensor.
+    with pytest.raises(CheckpointError, match="train.init_from: .*shape mismatch"):
+        fit(tiny_config(tmp_path, three, "data.val_split=6", f"train.init_from={best}", "data.grayscale=true",
+                        epochs=1), run_name="gray")
+
+
 def test_fit_leaves_the_callers_config_alone(tmp_path, tiny_image_root):
     config = tiny_config(tmp_path, tiny_image_root, epochs=1)
     before = config.to_dict()

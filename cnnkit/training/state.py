@@ -97,7 +97,8 @@ def build_state(config: Config, runtime: Runtime, num_classes: int, n_train: int
     model = model if model is not None else model_from_config(config, num_classes)
     init_from_data = getattr(model, "init_from_data", None)
     if payload is None and train.init_from is not None:
-        _init_weights(model, train.init_from)  # a fine-tune: its weights, this config's fresh schedule
+        # A fine-tune: its weights, this config's fresh schedule (and a fresh head for other classes).
+        runtime.warnings += _init_weights(model, train.init_from, num_classes)
     elif payload is None and init_from_data is not None and init_images is not None:
         init_from_data(init_images)
     if use_sync_bn(train.sync_bn, model):
@@ -138,13 +139,38 @@ def restore(state: TrainState, payload: dict, source: str, epochs: int) -> None:
                           f"raise train.epochs with --set train.epochs=N to train further")
 
 
-def _init_weights(model: nn.Module, path: str) -> None:
-    """Load a checkpoint's evaluated weights (`model`: the average, with an EMA) for a fine-tune."""
+def _init_weights(model: nn.Module, path: str, num_classes: int) -> list[str]:
+    """Load a checkpoint's evaluated weights (`model`: the average, with an EMA) for a fine-tune; the
+    notes to show when the run starts.
+
+    A checkpoint trained on another number of classes (CIFAR-10 weights for CIFAR-100, as timm's
+    `num_classes` and fastai's new head do) gives every tensor but those whose shape differs only by
+    the class count: those keep the fresh initialisation. Every other tensor must fit exactly."""
     payload = load_checkpoint(path)
+    weights = payload["model"]
+    trained_classes = len(payload.get("classes") or [])
+    fresh = []
+    if trained_classes and trained_classes != num_classes:
+        own = model.state_dict()
+        fresh = [k for k, v in weights.items()
+                 if k in own and _differs_by_class_count(v.shape, own[k].shape, trained_classes, num_classes)]
+        weights = {**weights, **{k: own[k] for k in fresh}}
     try:
-        load_model_state(model, payload["model"], path)
+        load_model_state(model, weights, path)
     except CheckpointError as exc:
         raise CheckpointError(f"train.init_from: {exc}") from None
+    if not fresh:
+        return []
+    return [f"train.init_from: {', '.join(fresh)} start fresh (the checkpoint has {trained_classes} classes, this "
+            f"run {num_classes}); every other tensor comes from {path}"]
+
+
+def _differs_by_class_count(trained: torch.Size, wanted: torch.Size, trained_classes: int, classes: int) -> bool:
+    """Whether two shapes are the same but where the trained one has `trained_classes` and the wanted
+    one `classes` (a classifier's weight (K, D) or bias (K,))."""
+    if len(trained) != len(wanted) or trained == wanted:
+        return False
+    return all(a == b or (a == trained_classes and b == classes) for a, b in zip(trained, wanted, strict=True))
 
 
 def use_sync_bn(setting: bool | None, model: nn.Module) -> bool:
