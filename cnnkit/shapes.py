@@ -397,11 +397,64 @@ SHAPE_RULES: dict[type, Rule] = {
 }
 
 
-def _rule_for(module: nn.Module) -> Rule | None:
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
+    """TensorFlow's 'SAME' padding, worked out from the input at run time: the output is ⌈size / stride⌉
+    and the input is padded by just enough for that, the odd pixel after. (total, before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total, total // 2, total - total // 2
+
+
+def _same_padded_row(name: str, shape: tuple, kernel, stride, dilation, make_row) -> LayerRow:
+    """A conv or pool row with TF 'SAME' padding: the row of the padded input with no padding of its
+    own, shown as taking the unpadded input, with the padding before and the 'SAME' formula."""
+    c, h, w = shape
+    k, s, d = to_pair(kernel), to_pair(stride), to_pair(dilation)
+    pads = [same_padding((h, w)[i], k[i], s[i], d[i]) for i in range(2)]
+    row = make_row((c, h + pads[0][0], w + pads[1][0]))
+    row.input, row.padding = (c, h, w), (pads[0][1], pads[1][1])
+    row.formulas = [f"⌈{(h, w)[i]} / {s[i]}⌉ = {row.output[1 + i]} ('same': pad {pads[i][1]}+{pads[i][2]})"
+                    for i in range(2)]
+    return row
+
+
+def _same_conv_rule(name, m, shape, rf, jump):
+    if shape[0] != m.in_channels:
+        return _conv_rule(name, m, shape, rf, jump)  # its one-line error
+    return _same_padded_row(name, shape, m.kernel_size, m.stride, m.dilation, lambda padded: conv_row(
+        name, padded, m.out_channels, m.kernel_size, m.stride, 0, m.dilation, m.groups, m.bias is not None, rf, jump,
+        type(m).__name__))
+
+
+def _same_pool_rule(kind: str):
+    def rule(name, m, shape, rf, jump):
+        if m.ceil_mode:
+            return None  # 'SAME' is already a ceiling; with ceil_mode too, torch's shape as is
+        dilation = getattr(m, "dilation", 1)  # AvgPool2d has none
+        row = _same_padded_row(name, shape, m.kernel_size, m.stride, dilation, lambda padded: pool_row(
+            name, padded, kind, m.kernel_size, m.stride, 0, dilation, False, rf, jump))
+        row.type = type(m).__name__
+        return row
+    return rule
+
+
+# Layers of other libraries, by their class's module and name, so that cnnkit imports none of them:
+# timm's TensorFlow-ported models (tf_efficientnet_*, tf_mixnet_*, ...) pad 'SAME' at run time.
+NAMED_SHAPE_RULES: dict[str, Rule] = {
+    "timm.layers.conv2d_same.Conv2dSame": _same_conv_rule,
+    "timm.layers.pool2d_same.MaxPool2dSame": _same_pool_rule("max"),
+    "timm.layers.pool2d_same.AvgPool2dSame": _same_pool_rule("avg"),
+}
+
+
+def _rule_for(module: nn.Module) -> tuple[Rule | None, bool]:
+    """The rule for this module's class, and whether it was written for that very class (False: for a
+    base class, whose shape a subclass's own forward may change)."""
     for cls in type(module).__mro__:
-        if cls in SHAPE_RULES:
-            return SHAPE_RULES[cls]
-    return None
+        rule = SHAPE_RULES.get(cls) or NAMED_SHAPE_RULES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if rule is not None:
+            return rule, cls is type(module)
+    return None, False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,14 +511,19 @@ FUNCTION_RULES: dict[str, FunctionRule] = {
 }
 
 
-def _call_rule(call: Call) -> Callable[[str, tuple, Pair, Pair], LayerRow | None] | None:
-    """The rule that computes this call's row, bound to its module or function call; None if none."""
+def _call_rule(call: Call) -> tuple[Callable[[str, tuple, Pair, Pair], LayerRow | None] | None, bool]:
+    """The rule that computes this call's row, bound to its module or function call (None if none), and
+    whether it is the call's own (False: a base class's rule for a subclass)."""
     if call.kind == "module":
-        rule = _rule_for(call.module)
-        return None if rule is None else lambda name, shape, rf, jump: rule(name, call.module, shape, rf, jump)
+        rule, own = _rule_for(call.module)
+        if rule is None:
+            return None, False
+        return (lambda name, shape, rf, jump: rule(name, call.module, shape, rf, jump)), own
     rule = FUNCTION_RULES.get(call.type)
     spatial = len(call.inputs[0]) == 4  # (B, C, H, W): the formulas are for 2-D maps
-    return None if rule is None or not spatial else lambda name, shape, rf, jump: rule(name, call, shape, rf, jump)
+    if rule is None or not spatial:
+        return None, False
+    return (lambda name, shape, rf, jump: rule(name, call, shape, rf, jump)), True
 
 
 def _in_context(name: str, exc: ShapeError) -> ShapeError:
@@ -475,8 +533,9 @@ def _in_context(name: str, exc: ShapeError) -> ShapeError:
 
 def rows_from_capture(calls: list[Call]) -> list[LayerRow]:
     """One row per recorded call: the rule's row applied to the input torch really gave it, checked
-    against the output torch really produced (a disagreement is an error, never shown). Calls with no
-    rule show torch's shapes, marked `computed=False`. Receptive field and jump follow the data flow:
+    against the output torch really produced (a disagreement is an error, never shown; for a subclass
+    that only inherits its rule, the row falls back to torch's shape). Calls with no rule show torch's
+    shapes, marked `computed=False`. Receptive field and jump follow the data flow:
     a row takes them from the rows that made its inputs (the widest, where a branch joins)."""
     rows: list[LayerRow] = []
     for call in calls:
@@ -486,11 +545,13 @@ def rows_from_capture(calls: list[Call]) -> list[LayerRow]:
         rf = tuple(max([1] + [r.receptive_field[i] for r in feeding]) for i in range(2))
         jump = tuple(max([1] + [r.jump[i] for r in feeding]) for i in range(2))
         start = feeding[0].start if feeding else (0.0, 0.0)
-        rule = _call_rule(call)
+        rule, own = _call_rule(call)
         try:
             row = rule(call.name, shape, rf, jump) if rule is not None else None
         except ShapeError as exc:
             raise _in_context(call.name, exc) from None
+        if row is not None and not own and (row.output != out or row.input != shape):
+            row = None  # a subclass whose forward changes the shape (padding of its own, say): torch's shape
         if row is None:
             row = LayerRow(call.name, call.type, shape, out, receptive_field=rf, jump=jump, computed=False)
         elif row.output != out or row.input != shape:
@@ -547,7 +608,7 @@ def trace_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ShapeRep
 def _explain(exc: ForwardError, input_shape) -> ShapeError:
     """Why the forward pass failed, from the failing layer's rule when it has one, else torch's words."""
     shape = exc.inputs[0][1:] if exc.inputs else ()
-    rule = _rule_for(exc.module) if exc.module is not None else None
+    rule = _rule_for(exc.module)[0] if exc.module is not None else None
     if rule is not None:
         try:
             rule(exc.where, exc.module, shape, (1, 1), (1, 1))

@@ -161,3 +161,42 @@ def test_cli_shapes_on_a_registered_residual_model(monkeypatch):
     assert [(layer["name"], layer["sources"]) for layer in folded["layers"]] == [
         ("stem", ["input"]), ("block1", ["stem"]), ("block2", ["block1"]), ("pool", ["block2"]),
         ("flatten()", ["pool"]), ("fc", ["flatten()"])]
+
+
+def test_timm_tf_same_padding_layers_get_their_formula():
+    """timm's TensorFlow ports pad 'SAME' at run time (Conv2dSame, MaxPool2dSame): the output is
+    ⌈in / stride⌉ and the odd padding pixel goes after. Rows computed by that rule, equal to torch's."""
+    conv_same = pytest.importorskip("timm.layers.conv2d_same")
+    pool_same = pytest.importorskip("timm.layers.pool2d_same")
+    from cnnkit.shapes import same_padding
+
+    assert same_padding(32, 3, 2, 1) == (1, 0, 1) and same_padding(15, 3, 2, 1) == (2, 1, 1)
+    assert same_padding(16, 5, 1, 2) == (8, 4, 4) and same_padding(7, 1, 2, 1) == (0, 0, 0)
+    model = nn.Sequential(conv_same.Conv2dSame(3, 8, 3, stride=2), conv_same.Conv2dSame(8, 8, 5, dilation=2),
+                          pool_same.MaxPool2dSame(3, stride=2), pool_same.AvgPool2dSame(2, stride=2))
+    report = trace_model(model, (3, 15, 15))
+    assert [(r.type, r.input, r.output, r.padding, r.computed) for r in report.layers] == [
+        ("Conv2dSame", (3, 15, 15), (8, 8, 8), (1, 1), True),  # pad 2: 1 + 1
+        ("Conv2dSame", (8, 8, 8), (8, 8, 8), (4, 4), True),  # dilated 5×5 spans 9: pad 8
+        ("MaxPool2dSame", (8, 8, 8), (8, 4, 4), (0, 0), True),  # pad 1: 0 before, 1 after
+        ("AvgPool2dSame", (8, 4, 4), (8, 2, 2), (0, 0), True),
+    ]
+    assert report.layers[0].formulas == ["⌈15 / 2⌉ = 8 ('same': pad 1+1)"] * 2
+    assert report.layers[2].formulas == ["⌈8 / 2⌉ = 4 ('same': pad 0+1)"] * 2
+    assert report.layers[0].macs == 8 * 8 * 8 * 3 * 9
+
+
+def test_a_subclass_that_changes_its_shape_shows_torch_s_shape():
+    """A user's Conv2d subclass whose forward pads on its own: the inherited rule would be wrong, so the
+    row shows what torch produced (not computed), instead of stopping `cnnkit shapes`."""
+
+    class PaddedConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+    report = trace_model(nn.Sequential(PaddedConv(3, 4, 3), nn.Conv2d(4, 4, 3)), (3, 8, 8))
+    assert [(r.type, r.output, r.computed) for r in report.layers] == [
+        ("PaddedConv", (4, 8, 8), False), ("Conv2d", (4, 6, 6), True)]
+    # A subclass that keeps the shape still gets its formula.
+    report = trace_model(nn.Sequential(type("Plain", (nn.Conv2d,), {})(3, 4, 3)), (3, 8, 8))
+    assert report.layers[0].computed and report.layers[0].formulas == ["⌊(8 + 2·0 − 1·(3−1) − 1) / 1⌋ + 1 = 6"] * 2
