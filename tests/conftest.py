@@ -231,3 +231,12 @@ def write_long_run_config(tmp_path: Path) -> Path:
         output: {{dir: {tmp_path / 'runs'}}}
         """))
     return config
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server for download tests (tests/http_files.py): set `server.files[path] = bytes`."""
+    from http_files import Server
+
+    with Server() as s:
+        yield s

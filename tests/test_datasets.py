@@ -9,22 +9,19 @@ pickles as torchvision's tarball holds them, IDX headers by hand) and the downlo
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import pickle
 import struct
 import tarfile
 import textwrap
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder, make_tiny_arrays
+from http_files import Server, md5
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -204,49 +201,6 @@ def test_cifar100_coarse_trains_a_twenty_class_model_and_the_checkpoint_names_th
     out = json.loads(cli("eval", "--checkpoint", run / "best.pt", "--json").stdout)
     assert sorted(out["per_class"]) == sorted(COARSE_CLASSES)
 
-
-class Server:
-    """Python's http.server on 127.0.0.1 serving `files[path]`."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                outer.requests += 1
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        # A short poll: shutdown() waits for the next one (0.5 s by default, per test).
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def test_cifar100_download_is_checked_unpacked_and_reported(tmp_path: Path, server: Server,

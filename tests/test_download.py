@@ -7,17 +7,14 @@ documented ways (function arguments, env CNNKIT_CIFAR10_URL / CNNKIT_CIFAR10_MD5
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import make_batches_dir
+from http_files import Server, md5
 from typer.testing import CliRunner
 
 from cnnkit.cli import app
@@ -40,53 +37,10 @@ def make_tarball(tmp: Path, *, extra: dict[str, bytes] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-class Server:
-    """Serves `files[path]` over HTTP on 127.0.0.1; `cut` truncates a body after announcing its length."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.cut: int | None = None
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                outer.requests += 1
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body if outer.cut is None else body[: outer.cut])
-
-            def log_message(self, *args) -> None:  # keep the test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
 @pytest.fixture
 def tarball(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return make_tarball(tmp_path_factory.mktemp("tarball"))
 
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def leftovers(root: Path) -> list[str]:
