@@ -385,8 +385,10 @@ def test_bf16_on_the_cpu_trains_in_bf16(tmp_path, tiny_image_root):
 
 
 def test_compile_trains(tmp_path, tiny_image_root):
-    # torch.compile on the CPU: the first step compiles (~20 s here), so one tiny epoch only.
-    result = fit(tiny_config(tmp_path, tiny_image_root, "train.compile=true", epochs=1), run_name="compiled")
+    # torch.compile on the CPU: the first step compiles (~20 s here), so one tiny epoch only. With what a GPU
+    # run has by default: inputs prepared once an epoch, channels_last (the batch a permuted view).
+    result = fit(tiny_config(tmp_path, tiny_image_root, "train.compile=true", "train.prepare=epoch",
+                             "train.channels_last=true", "data.augment=true", epochs=1), run_name="compiled")
     assert len(result.history) == 1 and result.test.n == 100
     payload = load_checkpoint(result.run_dir / "last.pt")
     assert not any(k.startswith("_orig_mod.") for k in payload["model"])  # saved as the plain model
