@@ -257,6 +257,24 @@ def test_trials_of_a_dead_worker_are_planned_again_with_their_values_and_folder(
     assert again.number == 2 and again.suggest_categorical("optim.lr", ["0.1", "0.2"]) == "0.1"
 
 
+def test_a_sweep_planned_before_a_config_key_existed_resumes(tmp_path: Path):
+    """A newer cnnkit (a config key added since, with its default) resumes an older sweep; a plan whose
+    config really differs is still refused."""
+    from cnnkit.config import load_config
+    from cnnkit.experiments import study as studies
+
+    today = load_config(None, ["model.name=lenet"]).to_dict()
+    today["output"] = {}  # as sweep.prepare plans it
+    older = {**today, "train": {k: v for k, v in today["train"].items() if k != "prepare"}}
+    storage = studies.open_storage(None, tmp_path)
+    studies.open_study(storage, "s", {"kind": "sweep", "config": older, "seeds": [0]})
+    _, created = studies.open_study(storage, "s", {"kind": "sweep", "config": today, "seeds": [0]})
+    assert not created
+    longer = {**today, "train": {**today["train"], "epochs": 11}}
+    with pytest.raises(ConfigError, match=r"planned differently \(config differ\)"):
+        studies.open_study(storage, "s", {"kind": "sweep", "config": longer, "seeds": [0]})
+
+
 def _space(tmp_path: Path, text: str) -> Path:
     space = tmp_path / "space.yaml"
     space.write_text(textwrap.dedent(text))

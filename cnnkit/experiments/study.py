@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from cnnkit.config import config_from_dict
 from cnnkit.errors import ConfigError, RunError, one_line
 from cnnkit.fileio import atomic_write_text
 
@@ -210,14 +211,26 @@ def _check_same_plan(study, plan: dict, name: str, folder: Path | None) -> None:
         saved = study.user_attrs.get(PLAN_ATTR)
     if saved is None:
         return  # created by something else, or its creator died at once: take it as this plan's
-    mine = {k: v for k, v in plan.items() if k != "trials"}
-    theirs = {k: v for k, v in saved.items() if k != "trials"}
+    mine = _with_todays_defaults({k: v for k, v in plan.items() if k != "trials"})
+    theirs = _with_todays_defaults({k: v for k, v in saved.items() if k != "trials"})
     if mine != theirs:
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         where = f"{folder}" if folder is not None else f"study {name}"
         raise ConfigError(f"{where} holds a {saved.get('kind', 'different')} experiment planned differently "
                           f"({', '.join(differ)} differ); the same command resumes it — for a new one pass "
                           "another --name (or --study)")
+
+
+def _with_todays_defaults(plan: dict) -> dict:
+    """A plan's config as this cnnkit resolves it: a key added to the config since the study was planned
+    takes its default, so that a newer cnnkit resumes an older sweep (a key it no longer knows leaves the
+    plan as saved, and the comparison says the config differs). Both plans compared go through it."""
+    if not isinstance(plan.get("config"), dict):
+        return plan
+    try:
+        return {**plan, "config": config_from_dict(plan["config"]).to_dict()}
+    except ConfigError:
+        return plan
 
 
 def wait_until_planned(study, timeout_s: float = 30.0) -> bool:
